@@ -1,0 +1,40 @@
+"""A generic append-only event log on NATS JetStream, with an in-memory twin for tests.
+
+Knows nothing of push notifications: events are bytes under subjects made of tokens.
+"""
+
+from eventstore.errors import (
+    EventLogUnavailable,
+    EventStoreError,
+    InvalidSubject,
+    WrongExpectedVersion,
+)
+from eventstore.log import (
+    ANY,
+    REST,
+    AppendResult,
+    Delivery,
+    EventLog,
+    RecordedEvent,
+    Subject,
+    SubjectFilter,
+    Subscription,
+    Wildcard,
+)
+
+__all__ = [
+    "ANY",
+    "REST",
+    "AppendResult",
+    "Delivery",
+    "EventLog",
+    "EventLogUnavailable",
+    "EventStoreError",
+    "InvalidSubject",
+    "RecordedEvent",
+    "Subject",
+    "SubjectFilter",
+    "Subscription",
+    "Wildcard",
+    "WrongExpectedVersion",
+]

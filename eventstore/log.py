@@ -1,0 +1,152 @@
+"""The event log contract: what every implementation (JetStream, in-memory) provides.
+
+An event is opaque bytes stored under a *subject*, a tuple of caller-chosen tokens. Each event
+gets a *position*, the log-wide sequence number (1, 2, 3, ...). A subject's *version* is the
+position of its last event, 0 when it has none; appends may name the version they expect
+(optimistic concurrency) and an idempotency key (a second append with the same key inside the
+duplicate window is reported as a duplicate and stores nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Protocol
+
+__all__ = [
+    "ANY",
+    "REST",
+    "AppendResult",
+    "Delivery",
+    "EventLog",
+    "RecordedEvent",
+    "Subject",
+    "SubjectFilter",
+    "Subscription",
+    "Wildcard",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Wildcard:
+    """A filter token: ``ANY`` matches exactly one token, ``REST`` one or more trailing tokens."""
+
+    wire: str
+
+
+ANY: Final = Wildcard("*")
+REST: Final = Wildcard(">")
+
+Subject = tuple[str, ...]
+SubjectFilter = tuple[str | Wildcard, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored: where it is, what it is under, and its bytes."""
+
+    position: int
+    subject: Subject
+    data: bytes
+    recorded_at: datetime
+    idempotency_key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed. ``duplicate`` means the key was seen: nothing new was stored."""
+
+    position: int
+    duplicate: bool = False
+
+
+class Delivery(Protocol):
+    """One event handed to a durable subscriber; it stays pending until acked."""
+
+    @property
+    def event(self) -> RecordedEvent: ...
+
+    @property
+    def num_delivered(self) -> int:
+        """How many times this event was handed out, 1 the first time."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Hand the event out again, after ``delay`` seconds if given."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Extend the ack deadline while work goes on."""
+        ...
+
+
+class Subscription(Protocol):
+    """A durable pull subscription; several processes with the same name share the work."""
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries; an empty list when none came within ``timeout``."""
+        ...
+
+    async def pending(self) -> int:
+        """Events matching the filter that were not yet handed out (the consumer's lag)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class EventLog(Protocol):
+    """An append-only log of events under subjects."""
+
+    async def append(
+        self,
+        subject: Subject,
+        data: bytes,
+        *,
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AppendResult:
+        """Store ``data`` under ``subject`` once it is durable.
+
+        Raises :class:`~eventstore.errors.WrongExpectedVersion` when ``expected_version`` is
+        given and is not the subject's version (0: the subject must have no event), and
+        :class:`~eventstore.errors.EventLogUnavailable` when the log cannot be reached.
+        """
+        ...
+
+    async def last(self, subject: Subject) -> RecordedEvent | None:
+        """The last event stored under exactly ``subject``, or None."""
+        ...
+
+    def read(
+        self,
+        subject_filter: SubjectFilter = (REST,),
+        *,
+        from_position: int = 1,
+        to_position: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Events matching the filter in position order, from ``from_position`` up to
+        ``to_position`` (inclusive) or to the last position at the time of the call."""
+        ...
+
+    async def last_position(self) -> int:
+        """The position of the newest event in the log, 0 when it is empty."""
+        ...
+
+    async def subscribe(
+        self,
+        durable: str,
+        subject_filter: SubjectFilter = (REST,),
+        *,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 1000,
+    ) -> Subscription:
+        """Create or bind the durable subscription ``durable``: delivers every matching event
+        from the start of the log, and each again until it is acked."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,223 @@
+"""The event catalogue: every fact relaypush records, as frozen tagged msgspec Structs.
+
+Tags are stable strings and never change; a schema change adds an optional field or a new tag.
+``docs/events.md`` lists the same catalogue and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPES",
+    "Cause",
+    "ClientRegistered",
+    "ClientUnregistered",
+    "Event",
+    "InboxRead",
+    "NotificationAccepted",
+    "NotificationDelivered",
+    "NotificationDeliveryFailed",
+    "NotificationDropped",
+    "NotificationDuplicate",
+    "NotifyMessage",
+    "ProviderType",
+    "RawMessage",
+    "TenantCreated",
+    "TenantCredentialsChanged",
+    "TenantCredentialsRemoved",
+    "TenantDeleted",
+    "TenantSuspended",
+    "TenantUnsuspended",
+    "UnregisterReason",
+    "decode_event",
+    "encode_event",
+]
+
+ProviderType = Literal["apns", "apns-sandbox", "fcm", "noop"]
+UnregisterReason = Literal["requested", "token_invalid", "superseded", "tenant_deleted"]
+DropReason = Literal["client_not_registered", "tenant_suspended"]
+CredentialKind = Literal["apns", "fcm_v1"]
+
+
+class Cause(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What led to an event: the HTTP request, the relay's message id, an earlier event."""
+
+    request_id: str | None = None
+    message_id: str | None = None
+    position: int | None = None
+
+
+class NotifyMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The cleartext Notify message carried base64-encoded in an unencrypted blob."""
+
+    title: str
+    body: str
+    icon: str | None = None
+    url: str | None = None
+    type: str | None = None
+
+
+class RawMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of a push to an ``always_raw`` client."""
+
+    topic: str
+    tag: int
+    message: str
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every event carries."""
+
+    event_id: str
+    occurred_at: datetime
+    tenant_id: str
+    cause: Cause = Cause()
+
+
+class ClientRegistered(Event, frozen=True, kw_only=True, tag="client.registered"):
+    client_id: str
+    provider: ProviderType
+    token: str
+    always_raw: bool = False
+
+
+class ClientUnregistered(Event, frozen=True, kw_only=True, tag="client.unregistered"):
+    client_id: str
+    reason: UnregisterReason
+
+
+class NotificationAccepted(Event, frozen=True, kw_only=True, tag="notification.accepted"):
+    """A push passed validation and will be delivered.
+
+    Legacy pushes carry ``topic``, ``flags`` and ``blob`` (and ``notify`` when the blob is a
+    cleartext Notify message); raw pushes carry ``raw``. ``message_id`` is the relay's id, or the
+    SHA-256 of the raw message.
+    """
+
+    client_id: str
+    message_id: str
+    dedup_key: str
+    topic: str
+    flags: int = 0
+    flag_names: tuple[str, ...] = ()
+    encrypted: bool = False
+    blob: str | None = None
+    notify: NotifyMessage | None = None
+    raw: RawMessage | None = None
+
+
+class NotificationDuplicate(Event, frozen=True, kw_only=True, tag="notification.duplicate"):
+    client_id: str
+    message_id: str
+    dedup_key: str
+
+
+class NotificationDropped(Event, frozen=True, kw_only=True, tag="notification.dropped"):
+    client_id: str
+    message_id: str
+    reason: DropReason
+
+
+class NotificationDelivered(Event, frozen=True, kw_only=True, tag="notification.delivered"):
+    client_id: str
+    message_id: str
+    provider: ProviderType
+    provider_id: str | None
+    attempt: int
+    latency_ms: float
+
+
+class NotificationDeliveryFailed(
+    Event, frozen=True, kw_only=True, tag="notification.delivery_failed"
+):
+    client_id: str
+    message_id: str
+    provider: ProviderType | None
+    attempt: int
+    permanent: bool
+    reason: str
+    next_attempt_at: datetime | None = None
+
+
+class InboxRead(Event, frozen=True, kw_only=True, tag="inbox.read"):
+    client_id: str
+    message_ids: tuple[str, ...]
+
+
+class TenantCreated(Event, frozen=True, kw_only=True, tag="tenant.created"):
+    pass
+
+
+class TenantCredentialsChanged(Event, frozen=True, kw_only=True, tag="tenant.credentials_changed"):
+    """Which credential changed and its fingerprint: never the secret itself."""
+
+    kind: CredentialKind
+    fingerprint: str
+
+
+class TenantCredentialsRemoved(Event, frozen=True, kw_only=True, tag="tenant.credentials_removed"):
+    kind: CredentialKind
+
+
+class TenantSuspended(Event, frozen=True, kw_only=True, tag="tenant.suspended"):
+    reason: str
+
+
+class TenantUnsuspended(Event, frozen=True, kw_only=True, tag="tenant.unsuspended"):
+    pass
+
+
+class TenantDeleted(Event, frozen=True, kw_only=True, tag="tenant.deleted"):
+    pass
+
+
+AnyEvent = (
+    ClientRegistered
+    | ClientUnregistered
+    | NotificationAccepted
+    | NotificationDuplicate
+    | NotificationDropped
+    | NotificationDelivered
+    | NotificationDeliveryFailed
+    | InboxRead
+    | TenantCreated
+    | TenantCredentialsChanged
+    | TenantCredentialsRemoved
+    | TenantSuspended
+    | TenantUnsuspended
+    | TenantDeleted
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    ClientRegistered,
+    ClientUnregistered,
+    NotificationAccepted,
+    NotificationDuplicate,
+    NotificationDropped,
+    NotificationDelivered,
+    NotificationDeliveryFailed,
+    InboxRead,
+    TenantCreated,
+    TenantCredentialsChanged,
+    TenantCredentialsRemoved,
+    TenantSuspended,
+    TenantUnsuspended,
+    TenantDeleted,
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_event(event: Event) -> bytes:
+    """The bytes stored in the log for ``event``."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> AnyEvent:
+    """Decode stored bytes back into an event; raises ``msgspec.ValidationError`` if unknown."""
+    return _decoder.decode(data)
