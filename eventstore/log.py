@@ -144,9 +144,11 @@ class EventLog(Protocol):
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
+        from_position: int | None = None,
     ) -> Subscription:
         """Create or bind the durable subscription ``durable``: delivers every matching event
-        from the start of the log, and each again until it is acked."""
+        from the start of the log (or, when ``from_position`` is given, from that position,
+        recreating the durable and forgetting where it was), and each again until it is acked."""
         ...
 
     async def close(self) -> None: ...
