@@ -1,0 +1,1 @@
+"""Delivery: providers (APNs, FCM, noop) behind one interface, and the dispatcher that feeds them."""
