@@ -1,0 +1,131 @@
+"""The exact bodies APNs and FCM receive for an accepted notification.
+
+APNs (encrypted, cleartext and raw shapes; keys in this order, compact JSON)::
+
+    {"aps": {"alert": {"title": "You have new notifications. Open to view"},
+             "content-available": 1, "mutable-content": 1}, "topic": T, "blob": B, "flags": F}
+    {"aps": {"alert": {"title": title, "body": body},
+             "content-available": 1, "mutable-content": 1}, "topic": T}
+    {"aps": {...encrypted alert...}, "topic": T, "tag": TAG, "message": M}
+
+FCM HTTP v1 (``data`` values are all strings; cleartext adds ``notification``)::
+
+    {"message": {"token": TOKEN, "data": {"topic": T, "flags": "17", "blob": B},
+                 "android": {"priority": "HIGH"},
+                 "apns": {"payload": {"aps": {"content-available": 1}}}}}
+
+Both providers refuse payloads over 4096 bytes; :func:`check_payload_size` refuses them at
+acceptance time instead, so the relay learns of it (400) rather than the message failing later.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+import msgspec
+
+from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
+from relaypush.domain.events import NotificationAccepted, ProviderType
+
+__all__ = [
+    "APNS_ID_NAMESPACE",
+    "ENCRYPTED_ALERT_TITLE",
+    "MAX_PROVIDER_PAYLOAD",
+    "apns_body",
+    "apns_id",
+    "check_payload_size",
+    "fcm_data_size",
+    "fcm_message",
+]
+
+MAX_PROVIDER_PAYLOAD: Final = 4096
+ENCRYPTED_ALERT_TITLE: Final = "You have new notifications. Open to view"
+#: Namespace of the uuid5 ``apns-id``s; fixed forever, so retries carry the same id.
+APNS_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://relaypush.invalid/apns-id")
+
+_encode: Final = msgspec.json.encode
+_ENCRYPTED_APS: Final[dict[str, object]] = {
+    "alert": {"title": ENCRYPTED_ALERT_TITLE},
+    "content-available": 1,
+    "mutable-content": 1,
+}
+_FCM_ANDROID: Final[dict[str, object]] = {"priority": "HIGH"}
+_FCM_APNS: Final[dict[str, object]] = {"payload": {"aps": {"content-available": 1}}}
+
+
+def apns_body(n: NotificationAccepted) -> bytes:
+    """The APNs request body for ``n``: raw, cleartext or encrypted shape, compact JSON."""
+    if n.raw is not None:
+        return _encode(
+            {
+                "aps": _ENCRYPTED_APS,
+                "topic": n.raw.topic,
+                "tag": n.raw.tag,
+                "message": n.raw.message,
+            }
+        )
+    if n.notify is not None and not n.encrypted:
+        aps = {
+            "alert": {"title": n.notify.title, "body": n.notify.body},
+            "content-available": 1,
+            "mutable-content": 1,
+        }
+        return _encode({"aps": aps, "topic": n.topic})
+    return _encode({"aps": _ENCRYPTED_APS, "topic": n.topic, "blob": _blob(n), "flags": n.flags})
+
+
+def apns_id(tenant_id: str, client_id: str, message_id: str) -> str:
+    """The ``apns-id`` of a notification: a uuid5 of (tenant, client, message id).
+
+    The same on every retry, and different for one message id sent to two clients.
+    """
+    name = "\x00".join((tenant_id, client_id, message_id))
+    return str(uuid.uuid5(APNS_ID_NAMESPACE, name))
+
+
+def _blob(n: NotificationAccepted) -> str:
+    if n.blob is None:
+        raise ValueError(f"notification {n.message_id!r} has neither a blob nor a raw message")
+    return n.blob
+
+
+def _fcm_fields(n: NotificationAccepted) -> dict[str, object]:
+    """The FCM ``message`` object without its ``token``."""
+    data: dict[str, str]
+    if n.raw is not None:
+        data = {"topic": n.raw.topic, "tag": str(n.raw.tag), "message": n.raw.message}
+    else:
+        data = {"topic": n.topic, "flags": str(n.flags), "blob": _blob(n)}
+    fields: dict[str, object] = {"data": data, "android": _FCM_ANDROID, "apns": _FCM_APNS}
+    if n.raw is None and n.notify is not None and not n.encrypted:
+        fields["notification"] = {"title": n.notify.title, "body": n.notify.body}
+    return fields
+
+
+def fcm_message(n: NotificationAccepted, token: str) -> dict[str, object]:
+    """The FCM HTTP v1 ``messages:send`` document for ``n`` sent to device ``token``."""
+    return {"message": {"token": token, **_fcm_fields(n)}}
+
+
+def fcm_data_size(n: NotificationAccepted) -> int:
+    """Bytes of the FCM ``message`` object for ``n`` without its token, as compact JSON."""
+    return len(_encode(_fcm_fields(n)))
+
+
+def check_payload_size(n: NotificationAccepted, provider: ProviderType) -> None:
+    """Refuse ``n`` when the body ``provider`` would receive exceeds 4096 bytes.
+
+    APNs (and noop) measure the APNs body; FCM measures the message without the device token.
+    Raises ``InvalidRequest`` with error ``payload_too_large`` and a field naming the payload
+    (``payload`` for legacy pushes, ``message`` for raw ones).
+    """
+    size = fcm_data_size(n) if provider == "fcm" else len(apns_body(n))
+    if size <= MAX_PROVIDER_PAYLOAD:
+        return
+    what = f"the {provider} payload would be {size} bytes, over the limit of "
+    what += f"{MAX_PROVIDER_PAYLOAD} bytes"
+    field = "message" if n.raw is not None else "payload"
+    raise InvalidRequest(
+        fields=(FieldError(field, what),), errors=(ErrorInfo("payload_too_large", what),)
+    )
