@@ -1,0 +1,220 @@
+"""Verification of the wallet's relay JWT on register and unregister.
+
+The token (raw, or after ``Bearer ``) is a compact JWS: header ``{"alg": "EdDSA", "typ": "JWT"}``,
+claims ``iss`` = ``did:key:z...`` (base58btc of the multicodec ``0xed 0x01`` + a 32-byte Ed25519
+key), ``aud`` = this server's public URL, ``iat`` and an optional ``exp``, with a leeway either
+way. The key in ``iss`` signs the token and must be the client being registered or deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import time
+from typing import Any, Final
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from relaypush.domain.errors import FieldError, Unauthorized
+from relaypush.domain.ids import strip_did_key
+
+__all__ = [
+    "AUTHORIZATION_HEADER",
+    "b58decode",
+    "b58encode",
+    "did_key_to_ed25519",
+    "ed25519_to_did_key",
+    "make_client_jwt",
+    "verify_client_jwt",
+]
+
+AUTHORIZATION_HEADER: Final = "Authorization"
+
+_DID_KEY_PREFIX: Final = "did:key:z"
+_ED25519_MULTICODEC: Final = b"\xed\x01"
+_B58_ALPHABET: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_INDEX: Final = {c: i for i, c in enumerate(_B58_ALPHABET)}
+#: A did:key for Ed25519 is 48 base58 characters; refuse long input before any arithmetic.
+_MAX_B58_LENGTH: Final = 128
+_MAX_TOKEN_LENGTH: Final = 8192
+_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b58encode(data: bytes) -> str:
+    """Base58btc (Bitcoin alphabet) of ``data``; each leading zero byte becomes ``1``."""
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    n = int.from_bytes(data, "big")
+    out: list[str] = []
+    while n:
+        n, r = divmod(n, 58)
+        out.append(_B58_ALPHABET[r])
+    return "1" * zeros + "".join(reversed(out))
+
+
+def b58decode(text: str) -> bytes:
+    """The bytes of base58btc ``text``; ``ValueError`` on a character outside the alphabet."""
+    if len(text) > _MAX_B58_LENGTH:
+        raise ValueError(f"base58 text longer than {_MAX_B58_LENGTH} characters")
+    n = 0
+    for c in text:
+        digit = _B58_INDEX.get(c)
+        if digit is None:
+            raise ValueError(f"{c!r} is not a base58btc character")
+        n = n * 58 + digit
+    zeros = len(text) - len(text.lstrip("1"))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
+    return b"\0" * zeros + body
+
+
+def did_key_to_ed25519(did: str) -> Ed25519PublicKey:
+    """The Ed25519 key named by ``did`` (``did:key:z`` + base58btc of ``0xed 0x01`` + key).
+
+    Raises ``ValueError`` for anything that is not an Ed25519 did:key.
+    """
+    if not did.startswith(_DID_KEY_PREFIX):
+        raise ValueError("a did:key must start with 'did:key:z' (base58btc)")
+    raw = b58decode(did[len(_DID_KEY_PREFIX) :])
+    if not raw.startswith(_ED25519_MULTICODEC):
+        raise ValueError("the did:key is not an Ed25519 key (multicodec 0xed 0x01)")
+    key = raw[len(_ED25519_MULTICODEC) :]
+    if len(key) != 32:
+        raise ValueError(f"an Ed25519 did:key holds 32 key bytes, got {len(key)}")
+    return Ed25519PublicKey.from_public_bytes(key)
+
+
+def ed25519_to_did_key(pub: bytes) -> str:
+    """The did:key of a raw 32-byte Ed25519 public key."""
+    if len(pub) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(pub)}")
+    return _DID_KEY_PREFIX + b58encode(_ED25519_MULTICODEC + pub)
+
+
+def _refuse(description: str) -> Unauthorized:
+    return Unauthorized(fields=(FieldError(AUTHORIZATION_HEADER, description, "header"),))
+
+
+def _b64url_decode(part: str) -> bytes:
+    if _B64URL.fullmatch(part) is None or len(part) % 4 == 1:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_object(part: str, what: str) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(_b64url_decode(part))
+    except (msgspec.MsgspecError, ValueError) as exc:
+        raise _refuse(f"malformed JWT: the {what} is not base64url JSON") from exc
+    if not isinstance(value, dict):
+        raise _refuse(f"malformed JWT: the {what} is not a JSON object")
+    return value
+
+
+def _number(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _refuse(f"JWT claim {name!r} must be a number of Unix seconds")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise _refuse(f"JWT claim {name!r} must be a finite number of Unix seconds")
+    return seconds
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def verify_client_jwt(
+    token: str,
+    *,
+    client_id: str,
+    audience: str,
+    now: float | None = None,
+    leeway: float = 120.0,
+) -> None:
+    """Accept the wallet's JWT for ``client_id`` or raise ``Unauthorized`` saying why.
+
+    ``token`` may carry a ``Bearer `` prefix. ``client_id`` and ``iss`` are compared with their
+    ``did:key:`` prefixes stripped; ``aud`` must equal ``audience`` (a trailing ``/`` aside).
+    """
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    if not token:
+        raise _refuse("a JWT is required")
+    if len(token) > _MAX_TOKEN_LENGTH:
+        raise _refuse(f"malformed JWT: longer than {_MAX_TOKEN_LENGTH} characters")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise _refuse("malformed JWT: expected three base64url parts separated by '.'")
+    header_b64, claims_b64, signature_b64 = parts
+    header = _json_object(header_b64, "header")
+    if header.get("alg") != "EdDSA":
+        raise _refuse(f"unsupported JWT alg {header.get('alg')!r}: expected 'EdDSA'")
+    if header.get("typ", "JWT") != "JWT":
+        raise _refuse(f"unsupported JWT typ {header.get('typ')!r}: expected 'JWT'")
+    claims = _json_object(claims_b64, "claims")
+    try:
+        signature = _b64url_decode(signature_b64)
+    except (ValueError, binascii.Error) as exc:
+        raise _refuse("malformed JWT: the signature is not base64url") from exc
+
+    iss = claims.get("iss")
+    if not isinstance(iss, str):
+        raise _refuse("JWT claim 'iss' must be a did:key string")
+    try:
+        key = did_key_to_ed25519(iss)
+    except ValueError as exc:
+        raise _refuse(f"JWT claim 'iss' is not an Ed25519 did:key: {exc}") from exc
+    try:
+        key.verify(signature, f"{header_b64}.{claims_b64}".encode("ascii"))
+    except InvalidSignature:
+        raise _refuse("JWT signature does not verify with the key in 'iss'") from None
+
+    if strip_did_key(iss) != strip_did_key(client_id):
+        raise _refuse("JWT claim 'iss' is not the did:key of the client being changed")
+    aud = claims.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    if not any(isinstance(a, str) and _same_url(a, audience) for a in audiences):
+        raise _refuse(f"JWT claim 'aud' must be this server's URL {audience!r}")
+
+    current = time.time() if now is None else now
+    iat = _number(claims, "iat")
+    if iat is None:
+        raise _refuse("JWT claim 'iat' is required")
+    if iat > current + leeway:
+        raise _refuse(f"JWT was issued {iat - current:.0f} s in the future")
+    exp = _number(claims, "exp")
+    if exp is not None and current > exp + leeway:
+        raise _refuse(f"JWT expired {current - exp:.0f} s ago")
+
+
+def make_client_jwt(
+    private_key: Ed25519PrivateKey,
+    *,
+    audience: str,
+    iat: float,
+    exp: float | None = None,
+) -> str:
+    """A relay JWT signed by ``private_key``, as a wallet SDK makes one (for tests and SDKs)."""
+    pub = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    claims: dict[str, object] = {"iss": ed25519_to_did_key(pub), "aud": audience, "iat": iat}
+    if exp is not None:
+        claims["exp"] = exp
+    header_b64 = _b64url_encode(b'{"alg":"EdDSA","typ":"JWT"}')
+    claims_b64 = _b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = f"{header_b64}.{claims_b64}"
+    return f"{signing_input}.{_b64url_encode(private_key.sign(signing_input.encode()))}"
