@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -43,27 +45,49 @@ class Backends:
     settings: Settings
 
 
+RUNTIME_FILE = "runtime.json"
+
+
+def _running_embedded(data_dir: Path) -> dict[str, str] | None:
+    """The URLs of embedded servers a live ``relaypush`` process already runs on ``data_dir``."""
+    try:
+        info = json.loads((data_dir / RUNTIME_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {k: str(v) for k, v in info.items() if k.endswith("_url")}
+
+
 @contextlib.contextmanager
 def _embedded(settings: Settings, *, database: bool) -> Iterator[tuple[str, str | None]]:
     """Start the embedded servers the settings leave without a URL; yield (nats, database) URLs.
 
     The database is started only when ``database`` is true (the API and the dispatcher need none).
+    When another relaypush process already runs embedded servers on the same data dir (its
+    ``runtime.json`` names a live pid), their URLs are used instead of starting a second copy.
     """
+    data_dir = Path(settings.data_dir)
+    running = _running_embedded(data_dir) or {}
     with contextlib.ExitStack() as stack:
-        nats_url = settings.nats_url
+        started: dict[str, str] = {}
+        nats_url = settings.nats_url or running.get("nats_url")
         if nats_url is None:
-            nats = EmbeddedNats(Path(settings.data_dir) / "nats")
+            nats = EmbeddedNats(data_dir / "nats")
             nats.start()
             stack.callback(nats.stop)
-            nats_url = nats.url
+            nats_url = started["nats_url"] = nats.url
             log.info("embedded_nats_started", url=nats_url)
-        database_url = settings.database_url if database else None
+        database_url = (settings.database_url or running.get("database_url")) if database else None
         if database and database_url is None:
-            postgres = EmbeddedPostgres(Path(settings.data_dir) / "postgres")
+            postgres = EmbeddedPostgres(data_dir / "postgres")
             postgres.start()
             stack.callback(postgres.stop)
-            database_url = postgres.url
+            database_url = started["database_url"] = postgres.url
             log.info("embedded_postgres_started", url=database_url)
+        if started:
+            runtime_file = data_dir / RUNTIME_FILE
+            runtime_file.write_text(json.dumps({"pid": os.getpid(), **started}))
+            stack.callback(runtime_file.unlink, missing_ok=True)
         yield nats_url, database_url
 
 

@@ -1,0 +1,201 @@
+"""Benchmark: signed ``POST /clients/{id}`` pushes at rising concurrency, next to bare JetStream.
+
+    .venv/bin/python bench/push.py [--requests 6000] [--concurrency 8,16,32,64,128]
+
+Starts its own NATS JetStream (embedded, free port, temporary store) and one ``relaypush api``
+process, registers noop clients, then for each concurrency sends pre-signed pushes with unique
+ids over keep-alive connections and reports accepted pushes per second with p50/p99 latency.
+In the same run it measures the ceiling: bare JetStream publishes per second from one Python
+process (nats-py, same stream settings). Results are printed and written to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import nats
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nats.js.api import StorageType, StreamConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import build_request, percentile, run_load  # noqa: E402
+
+from relaypush.auth.relay_signature import make_relay_signature  # noqa: E402
+from relaypush.embedded import EmbeddedNats  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def bare_publish_rate(url: str, count: int, window: int = 256) -> tuple[float, float]:
+    """(sequential, pipelined) JetStream publishes per second from this one process."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(
+            name="BAREBENCH",
+            subjects=["barebench.>"],
+            storage=StorageType.FILE,
+            duplicate_window=300.0,
+        )
+    )
+    body = b'{"type":"notification.accepted","payload":"' + b"x" * 300 + b'"}'
+    started = time.perf_counter()
+    for i in range(count // 4):
+        await js.publish(f"barebench.s.{i}", body, headers={"Nats-Msg-Id": f"s{i}"})
+    sequential = (count // 4) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for base in range(0, count, window):
+        await asyncio.gather(
+            *(
+                js.publish(f"barebench.p.{i}", body, headers={"Nats-Msg-Id": f"p{i}"})
+                for i in range(base, min(count, base + window))
+            )
+        )
+    pipelined = count / (time.perf_counter() - started)
+    await js.delete_stream("BAREBENCH")
+    await nc.close()
+    return sequential, pipelined
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"relaypush api exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("relaypush api did not become healthy")
+
+
+def notify_blob() -> str:
+    return base64.b64encode(json.dumps({"title": "Bench", "body": "Hello"}).encode()).decode()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=6000, help="pushes per concurrency step")
+    parser.add_argument("--concurrency", default="8,16,32,64,128")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--bare", type=int, default=20000, help="bare publishes for the ceiling")
+    args = parser.parse_args()
+    steps = [int(c) for c in args.concurrency.split(",")]
+
+    key = Ed25519PrivateKey.generate()
+    public_hex = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    with tempfile.TemporaryDirectory(prefix="relaypush-bench-") as tmp:
+        server = EmbeddedNats(Path(tmp) / "nats")
+        server.start()
+        try:
+            seq_rate, bare_rate = await bare_publish_rate(server.url, args.bare)
+            port = free_port()
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("RELAYPUSH_")},
+                "RELAYPUSH_NATS_URL": server.url,
+                "RELAYPUSH_PORT": str(port),
+                "RELAYPUSH_RELAY_PUBLIC_KEY": public_hex,
+                "RELAYPUSH_LOG_LEVEL": "warning",
+                "RELAYPUSH_STREAM_NAME": "BENCH",
+                "RELAYPUSH_SUBJECT_PREFIX": "bench",
+            }
+            relaypush = Path(sys.executable).with_name("relaypush")
+            proc = subprocess.Popen([str(relaypush), "api"], env=env)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                wait_healthy(base, proc)
+                clients = [f"bench-{i}" for i in range(args.clients)]
+                async with httpx.AsyncClient(base_url=base) as http:
+                    for client in clients:
+                        r = await http.post(
+                            "/clients", json={"client_id": client, "type": "noop", "token": client}
+                        )
+                        r.raise_for_status()
+                rows = []
+                blob = notify_blob()
+                for concurrency in steps:
+                    now = int(time.time())
+                    requests = []
+                    for i in range(args.requests):
+                        client = clients[i % len(clients)]
+                        body = json.dumps(
+                            {"id": uuid.uuid4().hex, "payload": {"topic": "ab12", "flags": 16, "blob": blob}}
+                        ).encode()
+                        sig, ts = make_relay_signature(key, now, body)
+                        requests.append(
+                            build_request(
+                                "POST",
+                                f"/clients/{client}",
+                                f"127.0.0.1:{port}",
+                                body,
+                                {
+                                    "Content-Type": "application/json",
+                                    "X-Ed25519-Signature": sig,
+                                    "X-Ed25519-Timestamp": ts,
+                                },
+                            )
+                        )
+                    result = await run_load("127.0.0.1", port, requests, concurrency)
+                    accepted = result.statuses.get(202, 0)
+                    rows.append(
+                        {
+                            "concurrency": concurrency,
+                            "requests": result.sent,
+                            "accepted": accepted,
+                            "statuses": result.statuses,
+                            "accepted_per_s": accepted / result.elapsed,
+                            "p50_ms": percentile(result.latencies, 0.50) * 1000,
+                            "p99_ms": percentile(result.latencies, 0.99) * 1000,
+                        }
+                    )
+            finally:
+                proc.terminate()
+                proc.wait(timeout=15)
+        finally:
+            server.stop()
+
+    print(f"bare JetStream publishes/s from one Python process: {bare_rate:,.0f} pipelined, "
+          f"{seq_rate:,.0f} sequential")
+    print(f"{'conc':>5} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'of bare':>8}  statuses")
+    for row in rows:
+        print(
+            f"{row['concurrency']:>5} {row['accepted_per_s']:>11,.0f} {row['p50_ms']:>8.2f} "
+            f"{row['p99_ms']:>8.2f} {row['accepted_per_s'] / bare_rate:>8.0%}  {row['statuses']}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"push-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(
+        json.dumps(
+            {"bare_publish_per_s": bare_rate, "bare_sequential_per_s": seq_rate, "steps": rows},
+            indent=2,
+        )
+    )
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
