@@ -81,6 +81,12 @@ _TUPLES = {
 }
 
 
+def _decode_path(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot read {kind.__name__} settings")
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, *, file: Path | None = None
 ) -> Settings:
@@ -104,6 +110,6 @@ def load_settings(
             continue
         raw[name] = tuple(v.strip() for v in value.split(",") if v.strip()) if name in _TUPLES else value
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
