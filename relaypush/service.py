@@ -1,0 +1,253 @@
+"""Command handling: load a client's state from the log, decide, append the one resulting event.
+
+Every action appends exactly one event and returns only once the log acknowledged it, so an
+answer the HTTP layer turns into a 2xx means the event is durable.
+
+Registering and unregistering append with the version that was read (optimistic concurrency)
+and retry a few times when another writer got there first. A push reads the client once and
+appends once: the ``accepted`` subject of a notification holds at most one event, so appending
+it with expected version 0 and the dedup key as idempotency key is the deduplication guard; when
+the log reports a duplicate (or the subject already holds an event) a ``notification.duplicate``
+is appended instead. Whether a tenant is suspended is read from its last tenant event and cached
+for at most a second, so the push path awaits one read and one append.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from eventstore.errors import WrongExpectedVersion
+from eventstore.log import EventLog, RecordedEvent
+from relaypush.domain.clients import (
+    ClientEvent,
+    ClientState,
+    PushToClient,
+    RegisterClient,
+    UnregisterClient,
+    client_state,
+    decide_push,
+    decide_register,
+    decide_unregister,
+    record_duplicate,
+)
+from relaypush.domain.events import (
+    EVENT_TYPES,
+    ClientRegistered,
+    ClientUnregistered,
+    DropReason,
+    Event,
+    NotificationAccepted,
+    NotificationDropped,
+    ProviderType,
+    TenantSuspended,
+    decode_event,
+    encode_event,
+)
+from relaypush.domain.payload import RegisterRequest
+from relaypush.domain.streams import client_subject, subject_for, tenant_subject
+from relaypush.metrics import REGISTRY, Registry
+
+__all__ = [
+    "Accepted",
+    "ConcurrentUpdate",
+    "Dropped",
+    "Duplicate",
+    "PushOutcome",
+    "RelayService",
+]
+
+#: How many times a register or unregister is retried after losing a race.
+MAX_ATTEMPTS: Final = 5
+#: How long a tenant's suspension state is trusted without reading it again (seconds).
+TENANT_CACHE_SECONDS: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The push was recorded and will be delivered."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """The same message id was already accepted for this client; nothing is sent again."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """The push was recorded as dropped and will not be delivered."""
+
+    message_id: str
+    reason: DropReason
+
+
+PushOutcome = Accepted | Duplicate | Dropped
+
+
+class ConcurrentUpdate(Exception):
+    """A client changed under every one of ``MAX_ATTEMPTS`` attempts; the caller may retry."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RelayService:
+    """Registers, unregisters and pushes to clients, one appended event per action."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        enabled_providers: Callable[[str], frozenset[ProviderType]],
+        clock: Callable[[], datetime] = _utc_now,
+        new_id: Callable[[], str] = _new_id,
+        monotonic: Callable[[], float] = time.monotonic,
+        metrics: Registry = REGISTRY,
+    ) -> None:
+        """``enabled_providers(tenant_id)``: the client types the tenant may register.
+
+        ``clock`` dates events, ``new_id`` names them, ``monotonic`` times the tenant cache.
+        """
+        self._log = log
+        self._enabled_providers = enabled_providers
+        self._clock = clock
+        self._new_id = new_id
+        self._monotonic = monotonic
+        self._appended = metrics.counter(
+            "relaypush_events_appended_total", "Events appended to the log, by type", ("type",)
+        )
+        # tenant id -> (trusted until, suspended)
+        self._suspended: dict[str, tuple[float, bool]] = {}
+
+    async def register(self, tenant_id: str, req: RegisterRequest, *, request_id: str) -> None:
+        """Register or re-register ``req.client_id``; appends ``client.registered``.
+
+        Raises ``InvalidRequest`` (``provider_not_available``) when the tenant cannot use the
+        client's type, ``ConcurrentUpdate`` after losing every race, and the log's errors.
+        """
+        command = RegisterClient(
+            tenant_id=tenant_id,
+            client_id=req.client_id,
+            provider=req.provider,
+            token=req.token,
+            always_raw=req.always_raw,
+            request_id=request_id,
+        )
+        enabled = self._enabled_providers(tenant_id)
+        for _ in range(MAX_ATTEMPTS):
+            state = await self._load_client(tenant_id, req.client_id)
+            event = decide_register(
+                state, command, enabled=enabled, event_id=self._new_id(), now=self._clock()
+            )
+            if await self._append_client_event(event, state):
+                return
+        raise ConcurrentUpdate(f"client {req.client_id!r} kept changing while registering")
+
+    async def unregister(self, tenant_id: str, client_id: str, *, request_id: str) -> None:
+        """Unregister ``client_id`` (idempotent); appends ``client.unregistered`` every time."""
+        command = UnregisterClient(tenant_id=tenant_id, client_id=client_id, request_id=request_id)
+        for _ in range(MAX_ATTEMPTS):
+            state = await self._load_client(tenant_id, client_id)
+            event = decide_unregister(state, command, event_id=self._new_id(), now=self._clock())
+            if await self._append_client_event(event, state):
+                return
+        raise ConcurrentUpdate(f"client {client_id!r} kept changing while unregistering")
+
+    async def push(
+        self, tenant_id: str, client_id: str, body: bytes, *, request_id: str
+    ) -> PushOutcome:
+        """Accept, deduplicate or drop a push; appends exactly one ``notification.*`` event.
+
+        Raises ``InvalidRequest`` for a body that cannot be read or a payload over the
+        provider's limit, and the log's errors (``EventLogUnavailable``).
+        """
+        state = await self._load_client(tenant_id, client_id)
+        suspended = state.registered and await self._tenant_suspended(tenant_id)
+        command = PushToClient(
+            tenant_id=tenant_id, client_id=client_id, body=body, request_id=request_id
+        )
+        event = decide_push(
+            state, command, tenant_suspended=suspended, event_id=self._new_id(), now=self._clock()
+        )
+        if isinstance(event, NotificationDropped):
+            await self._append(event)
+            return Dropped(event.message_id, event.reason)
+        if await self._append_accepted(event):
+            return Accepted(event.message_id)
+        await self._append(record_duplicate(event, event_id=self._new_id(), now=self._clock()))
+        return Duplicate(event.message_id)
+
+    async def _load_client(self, tenant_id: str, client_id: str) -> ClientState:
+        record = await self._log.last(client_subject(tenant_id, client_id))
+        if record is None:
+            return client_state(None, version=0)
+        return client_state(_client_event(record), version=record.position)
+
+    async def _append_client_event(self, event: ClientEvent, state: ClientState) -> bool:
+        """Append at the version read; False when another writer moved the client on."""
+        try:
+            await self._append(event, expected_version=state.version)
+        except WrongExpectedVersion:
+            return False
+        return True
+
+    async def _append_accepted(self, event: NotificationAccepted) -> bool:
+        """Append the accepted event once per dedup key; False when it is a duplicate."""
+        try:
+            result = await self._log.append(
+                subject_for(event),
+                encode_event(event),
+                idempotency_key=event.dedup_key,
+                expected_version=0,
+            )
+        except WrongExpectedVersion:
+            return False
+        if result.duplicate:
+            return False
+        self._appended.inc(type="notification.accepted")
+        return True
+
+    async def _append(self, event: Event, *, expected_version: int | None = None) -> None:
+        await self._log.append(
+            subject_for(event), encode_event(event), expected_version=expected_version
+        )
+        self._appended.inc(type=_TAGS[type(event)])
+
+    async def _tenant_suspended(self, tenant_id: str) -> bool:
+        """Whether the tenant's last event suspends it, read at most once a second per tenant."""
+        cached = self._suspended.get(tenant_id)
+        if cached is not None and cached[0] > self._monotonic():
+            return cached[1]
+        record = await self._log.last(tenant_subject(tenant_id))
+        suspended = record is not None and isinstance(decode_event(record.data), TenantSuspended)
+        self._suspended[tenant_id] = (self._monotonic() + TENANT_CACHE_SECONDS, suspended)
+        return suspended
+
+
+def _client_event(record: RecordedEvent) -> ClientEvent:
+    event = decode_event(record.data)
+    if not isinstance(event, ClientRegistered | ClientUnregistered):
+        raise TypeError(f"unexpected {type(event).__name__} at position {record.position}")
+    return event
+
+
+def _tag(cls: type[Event]) -> str:
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+_TAGS: Final[dict[type[Event], str]] = {cls: _tag(cls) for cls in EVENT_TYPES}
