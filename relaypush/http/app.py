@@ -1,0 +1,72 @@
+"""``create_app``: the litestar application for the relay API, built from values, not the env.
+
+The app wires the routes (:mod:`relaypush.http.relay`, :mod:`relaypush.http.operations`), the
+one exception-to-envelope map (:mod:`relaypush.http.errors`), the body size limit, the per-address
+rate limit, OpenAPI at ``/schema`` and, around everything, the request log and metrics
+(:mod:`relaypush.http.observe`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from relaypush.auth.relay_signature import RelaySignatureVerifier
+from relaypush.config import Settings
+from relaypush.http.errors import EXCEPTION_HANDLERS
+from relaypush.http.observe import RequestObserver
+from relaypush.http.operations import operations_route_handlers, package_version
+from relaypush.http.ratelimit import RateLimiter
+from relaypush.http.relay import RelayContext, relay_route_handlers
+from relaypush.metrics import REGISTRY, Registry
+from relaypush.service import RelayService
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    *,
+    settings: Settings,
+    service: RelayService,
+    metrics: Registry = REGISTRY,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+) -> Litestar:
+    """The relay API over ``service``, configured by ``settings``.
+
+    ``metrics`` receives the request metrics and is served at ``/metrics``; ``ready``, when
+    given, is asked by ``/health``, which answers 503 while it returns False.
+    """
+    verifier = (
+        RelaySignatureVerifier(settings.relay_public_key, max_age=settings.signature_max_age)
+        if settings.relay_public_key
+        else None
+    )
+    relay = RelayContext(
+        service=service,
+        audience=settings.base_url,
+        require_client_auth=settings.require_client_auth,
+        verifier=verifier,
+    )
+    limiter = RateLimiter(settings.rate_limit_per_minute, trusted_proxies=settings.trusted_proxies)
+    app = Litestar(
+        route_handlers=[
+            *operations_route_handlers(registry=metrics, ready=ready),
+            *relay_route_handlers(rate_limit=limiter.guard),
+        ],
+        dependencies={"relay": Provide(lambda: relay, sync_to_thread=False, use_cache=True)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_size,
+        openapi_config=OpenAPIConfig(
+            title="relaypush",
+            version=package_version(),
+            description="A relay-compatible push server: register clients, push to them.",
+            path="/schema",
+        ),
+        logging_config=None,
+        debug=False,
+    )
+    app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
+    return app

@@ -1,0 +1,238 @@
+"""The relay-facing routes: register, unregister and push, single- and multi-tenant.
+
+Every route exists twice: ``/clients...`` for the default tenant and ``/{tenant_id}/clients...``.
+Handlers read the raw body, so every field error is relaypush's own, and check in the order the
+contract fixes: authentication (401), then shape (400), then state (202 for an unknown client,
+200 for a duplicate). Errors are raised and turned into the envelope by
+:mod:`relaypush.http.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, assert_never
+
+import msgspec
+from litestar import MediaType, Request, Response, delete, post
+from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
+from litestar.types import Guard
+
+from relaypush.auth.client_jwt import AUTHORIZATION_HEADER, verify_client_jwt
+from relaypush.auth.relay_signature import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    RelaySignatureVerifier,
+)
+from relaypush.config import DEFAULT_TENANT
+from relaypush.domain.errors import DomainError, ErrorInfo, FieldError, Unauthorized
+from relaypush.domain.ids import validate_id
+from relaypush.domain.payload import parse_register
+from relaypush.http.envelope import OK_BODY, failed_body
+from relaypush.http.observe import request_id_of
+from relaypush.http.openapi import PUSH_OPERATION, REGISTER_OPERATION, failed, ok
+from relaypush.service import Accepted, Dropped, Duplicate, RelayService
+
+__all__ = ["RelayContext", "relay_route_handlers"]
+
+AnyRequest = Request[Any, Any, Any]
+
+CLIENTS_PATHS: Final = ["/clients", "/{tenant_id:str}/clients"]
+CLIENT_PATHS: Final = ["/clients/{id:str}", "/{tenant_id:str}/clients/{id:str}"]
+
+_SUSPENDED_BODY: Final = failed_body(
+    errors=(
+        ErrorInfo(
+            "tenant_suspended",
+            "the tenant is suspended because its provider credentials were refused; "
+            "nothing is delivered until they change",
+        ),
+    )
+)
+_AUTH_REQUIRED: Final = Unauthorized(
+    fields=(
+        FieldError(
+            AUTHORIZATION_HEADER,
+            "header is required: a relay JWT signed by the client's key",
+            "header",
+        ),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayContext:
+    """What the relay routes need, handed to them by dependency injection as ``relay``."""
+
+    service: RelayService
+    audience: str
+    require_client_auth: bool
+    verifier: RelaySignatureVerifier | None
+
+
+def _json(status: int, body: bytes = OK_BODY) -> Response[bytes]:
+    return Response(content=body, status_code=status, media_type=MediaType.JSON)
+
+
+def _tenant_of(request: AnyRequest) -> str:
+    tenant_id = request.path_params.get("tenant_id")
+    if tenant_id is None:
+        return DEFAULT_TENANT
+    return validate_id(tenant_id, field="tenant_id", location="path", kind="tenant")
+
+
+def _client_of(request: AnyRequest) -> str:
+    return validate_id(request.path_params["id"], field="id", location="path", kind="client")
+
+
+def _claimed_client_id(body: bytes) -> str:
+    """The ``client_id`` a register body names, or ``""`` when it names none."""
+    try:
+        obj = msgspec.json.decode(body)
+    except (msgspec.MsgspecError, ValueError):
+        return ""
+    value = obj.get("client_id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _client_token(request: AnyRequest, relay: RelayContext) -> str | None:
+    """The wallet's JWT when one is sent; refused when absent and client auth is required."""
+    token = request.headers.get("authorization")
+    if token:
+        return token
+    if relay.require_client_auth:
+        raise _AUTH_REQUIRED
+    return None
+
+
+async def register_client(
+    request: AnyRequest, relay: NamedDependency[RelayContext]
+) -> Response[bytes]:
+    """Register or re-register a client (upsert)."""
+    body = await request.body()
+    token = _client_token(request, relay)
+    if token is not None:
+        verify_client_jwt(token, client_id=_claimed_client_id(body), audience=relay.audience)
+    tenant_id = _tenant_of(request)
+    registration = parse_register(body)
+    await relay.service.register(tenant_id, registration, request_id=request_id_of(request.scope))
+    return _json(200)
+
+
+async def unregister_client(
+    request: AnyRequest, relay: NamedDependency[RelayContext]
+) -> Response[bytes]:
+    """Unregister a client; idempotent."""
+    token = _client_token(request, relay)
+    if token is not None:
+        verify_client_jwt(token, client_id=request.path_params["id"], audience=relay.audience)
+    tenant_id = _tenant_of(request)
+    client_id = _client_of(request)
+    await relay.service.unregister(tenant_id, client_id, request_id=request_id_of(request.scope))
+    return _json(200)
+
+
+async def push_notification(
+    request: AnyRequest, relay: NamedDependency[RelayContext]
+) -> Response[bytes]:
+    """Accept a push from the relay for delivery to one client."""
+    body = await request.body()
+    verifier = relay.verifier
+    signature: str | None = None
+    if verifier is not None:
+        signature = request.headers.get(SIGNATURE_HEADER)
+        verifier.verify(signature, request.headers.get(TIMESTAMP_HEADER), body)
+    tenant_id = _tenant_of(request)
+    client_id = _client_of(request)
+    try:
+        outcome = await relay.service.push(
+            tenant_id, client_id, body, request_id=request_id_of(request.scope)
+        )
+    except DomainError:
+        raise
+    except Exception:
+        # Nothing durable depends on this signature: let the relay retry with the same one.
+        if verifier is not None and signature is not None:
+            verifier.forget(signature)
+        raise
+    match outcome:
+        case Accepted():
+            return _json(202)
+        case Duplicate():
+            return _json(200)
+        case Dropped(reason="tenant_suspended"):
+            return _json(202, _SUSPENDED_BODY)
+        case Dropped():
+            return _json(202)
+        case _:
+            assert_never(outcome)
+
+
+def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
+    """The relay routes; ``rate_limit`` guards register and unregister (never the push)."""
+    shape = failed("Malformed request; `fields` names each bad field")
+    unauthorized = failed("Authentication missing or wrong; `fields` names the header")
+    too_large = failed("Body over the size limit")
+    limited = failed("Over the per-address rate limit; see `Retry-After`")
+    unavailable = failed("The event log is unreachable; see `Retry-After`. Safe to repeat")
+    return [
+        post(
+            CLIENTS_PATHS,
+            name="register_client",
+            summary="Register a client",
+            description="Registers the client's device token, or replaces it (upsert, never "
+            "409). With `RELAYPUSH_REQUIRE_CLIENT_AUTH`, an `Authorization` header holding the "
+            "wallet's relay JWT is required; when sent, it is always checked.",
+            status_code=200,
+            guards=[rate_limit],
+            operation_class=REGISTER_OPERATION,
+            tags=["clients"],
+            responses={
+                200: ok("Registered"),
+                400: shape,
+                401: unauthorized,
+                413: too_large,
+                429: limited,
+                503: unavailable,
+            },
+        )(register_client),
+        delete(
+            CLIENT_PATHS,
+            name="unregister_client",
+            summary="Unregister a client",
+            description="Forgets the client's device token. Idempotent: 200 whether or not "
+            "the client was registered.",
+            status_code=200,
+            guards=[rate_limit],
+            tags=["clients"],
+            responses={
+                200: ok("Unregistered, or was not registered"),
+                400: shape,
+                401: unauthorized,
+                429: limited,
+                503: unavailable,
+            },
+        )(unregister_client),
+        post(
+            CLIENT_PATHS,
+            name="push_notification",
+            summary="Push a notification to a client",
+            description="Called by the relay. When a relay key is configured, "
+            "`X-Ed25519-Signature` and `X-Ed25519-Timestamp` must sign the body. 202: accepted "
+            "for delivery (or dropped because the client is not registered, or with a FAILED "
+            "body `tenant_suspended`); 200: the message id was already accepted for this "
+            "client.",
+            status_code=202,
+            operation_class=PUSH_OPERATION,
+            tags=["push"],
+            responses={
+                202: ok("Accepted for delivery, or dropped for an unknown client"),
+                200: ok("Duplicate: already accepted, nothing is sent again"),
+                400: shape,
+                401: unauthorized,
+                413: too_large,
+                503: unavailable,
+            },
+        )(push_notification),
+    ]
