@@ -45,12 +45,12 @@ class OkBody(msgspec.Struct, frozen=True):
     status: Literal["OK"] = "OK"
 
 
-class FailedBody(msgspec.Struct, frozen=True):
+class FailedBody(msgspec.Struct, frozen=True, kw_only=True):
     """The failure envelope."""
 
+    status: Literal["FAILED"] = "FAILED"
     errors: list[ErrorEntry]
     fields: list[FieldEntry]
-    status: Literal["FAILED"] = "FAILED"
 
 
 _encode: Final = msgspec.json.encode
@@ -61,12 +61,8 @@ OK_BODY: Final = _encode(OkBody())
 def failed_body(errors: Iterable[ErrorInfo] = (), fields: Iterable[FieldError] = ()) -> bytes:
     """The encoded failure envelope for ``errors`` and ``fields``."""
     return _encode(
-        {
-            "status": "FAILED",
-            "errors": [{"name": e.name, "description": e.description} for e in errors],
-            "fields": [
-                {"field": f.field, "description": f.description, "location": f.location}
-                for f in fields
-            ],
-        }
+        FailedBody(
+            errors=[ErrorEntry(e.name, e.description) for e in errors],
+            fields=[FieldEntry(f.field, f.description, f.location) for f in fields],
+        )
     )

@@ -50,14 +50,8 @@ _SUSPENDED_BODY: Final = failed_body(
         ),
     )
 )
-_AUTH_REQUIRED: Final = Unauthorized(
-    fields=(
-        FieldError(
-            AUTHORIZATION_HEADER,
-            "header is required: a relay JWT signed by the client's key",
-            "header",
-        ),
-    )
+_AUTH_REQUIRED: Final = FieldError(
+    AUTHORIZATION_HEADER, "header is required: a relay JWT signed by the client's key", "header"
 )
 
 
@@ -102,7 +96,7 @@ def _client_token(request: AnyRequest, relay: RelayContext) -> str | None:
     if token:
         return token
     if relay.require_client_auth:
-        raise _AUTH_REQUIRED
+        raise Unauthorized(fields=(_AUTH_REQUIRED,))
     return None
 
 
