@@ -46,8 +46,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _worker(
-) -> None:
+async def _worker(host: str, port: int, requests: list[bytes], result: LoadResult) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while requests:

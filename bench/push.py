@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -133,7 +134,7 @@ async def main() -> None:
                             "/clients", json={"client_id": client, "type": "noop", "token": client}
                         )
                         r.raise_for_status()
-                rows = []
+                rows: list[dict[str, Any]] = []
                 blob = notify_blob()
                 for concurrency in steps:
                     now = int(time.time())
@@ -141,7 +142,10 @@ async def main() -> None:
                     for i in range(args.requests):
                         client = clients[i % len(clients)]
                         body = json.dumps(
-                            {"id": uuid.uuid4().hex, "payload": {"topic": "ab12", "flags": 16, "blob": blob}}
+                            {
+                                "id": uuid.uuid4().hex,
+                                "payload": {"topic": "ab12", "flags": 16, "blob": blob},
+                            }
                         ).encode()
                         sig, ts = make_relay_signature(key, now, body)
                         requests.append(
@@ -176,8 +180,10 @@ async def main() -> None:
         finally:
             server.stop()
 
-    print(f"bare JetStream publishes/s from one Python process: {bare_rate:,.0f} pipelined, "
-          f"{seq_rate:,.0f} sequential")
+    print(
+        f"bare JetStream publishes/s from one Python process: {bare_rate:,.0f} pipelined, "
+        f"{seq_rate:,.0f} sequential"
+    )
     print(f"{'conc':>5} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'of bare':>8}  statuses")
     for row in rows:
         print(

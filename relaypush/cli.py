@@ -1,9 +1,9 @@
 """The ``relaypush`` command: run the server or its parts, and operate the read tables.
 
-    relaypush serve                 API, dispatcher and projector in one process
-    relaypush api | dispatcher | projector
-    relaypush projections rebuild   replay the whole log into fresh tables and swap them in
-    relaypush projections status    each projection's position and lag
+relaypush serve                 API, dispatcher and projector in one process
+relaypush api | dispatcher | projector
+relaypush projections rebuild   replay the whole log into fresh tables and swap them in
+relaypush projections status    each projection's position and lag
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ async def _rebuild(settings: Settings) -> None:
             backends.event_log, backends.database_url, settings.database_schema, progress=progress
         )
         elapsed = time.monotonic() - started
-        print(f"rebuilt {settings.database_schema} from {applied} events (log at {total}) in {elapsed:.1f}s")
+        print(
+            f"rebuilt {settings.database_schema} from {applied} events (log at {total}) in {elapsed:.1f}s"
+        )
 
 
 async def _status(settings: Settings) -> None:

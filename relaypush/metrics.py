@@ -157,7 +157,7 @@ class Registry:
         if existing is not None:
             if type(existing) is not type(metric):
                 raise ValueError(f"metric {metric.name} registered twice with other kinds")
-            return existing  # type: ignore[return-value]
+            return existing
         self._metrics[metric.name] = metric
         return metric
 

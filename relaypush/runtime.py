@@ -13,9 +13,10 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
@@ -188,7 +189,7 @@ async def _projector(backends: Backends, stop: asyncio.Event) -> None:
 
 async def _run(
     settings: Settings,
-    parts: tuple[Callable[[Backends, asyncio.Event], Awaitable[None]], ...],
+    parts: tuple[Callable[[Backends, asyncio.Event], Coroutine[Any, Any, None]], ...],
     *,
     database: bool,
 ) -> None:

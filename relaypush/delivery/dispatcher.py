@@ -37,6 +37,7 @@ from relaypush.domain.events import (
     NotificationAccepted,
     NotificationDelivered,
     NotificationDeliveryFailed,
+    ProviderType,
     TenantSuspended,
     decode_event,
     encode_event,
@@ -52,10 +53,15 @@ log = structlog.get_logger(__name__)
 ACCEPTED_FILTER = (ANY, NOTIFICATION, ANY, ANY, "accepted")
 
 
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
 def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0, rand: float = 0.5) -> float:
     """Seconds before attempt ``attempt + 1``: exponential with full jitter on half the span."""
     span = min(cap, base * 2 ** max(0, attempt - 1))
-    return span * (1 - rand) + span * rand * random.random()  # noqa: S311 - jitter, not crypto
+    jitter: float = random.random()  # noqa: S311 - jitter, not cryptography
+    return float(span * (1 - rand) + span * rand * jitter)
 
 
 class Dispatcher:
@@ -82,7 +88,9 @@ class Dispatcher:
         self._clock = clock
         self._inflight: set[asyncio.Task[None]] = set()
         self._sends = metrics.counter(
-            "relaypush_deliveries_total", "Send attempts by provider and outcome", ["provider", "outcome"]
+            "relaypush_deliveries_total",
+            "Send attempts by provider and outcome",
+            ["provider", "outcome"],
         )
         self._latency = metrics.histogram(
             "relaypush_delivery_latency_seconds", "Provider send latency", ["provider"]
@@ -91,12 +99,16 @@ class Dispatcher:
             "relaypush_accept_to_delivered_seconds", "Time from acceptance to delivery"
         )
         self._inflight_gauge = metrics.gauge("relaypush_dispatcher_inflight", "Sends under way")
-        self._lag = metrics.gauge("relaypush_dispatcher_lag", "Accepted notifications not yet fetched")
+        self._lag = metrics.gauge(
+            "relaypush_dispatcher_lag", "Accepted notifications not yet fetched"
+        )
 
     async def run(self, stop: asyncio.Event, *, grace: float = 10.0) -> None:
         """Deliver until ``stop`` is set, then finish in-flight sends within ``grace`` seconds."""
         sub = await self._log.subscribe(
-            self._durable, ACCEPTED_FILTER, ack_wait=max(60.0, self._send_timeout * 2),
+            self._durable,
+            ACCEPTED_FILTER,
+            ack_wait=max(60.0, self._send_timeout * 2),
             max_ack_pending=self._concurrency * 4,
         )
         log.info("dispatcher_started", durable=self._durable, concurrency=self._concurrency)
@@ -197,7 +209,9 @@ class Dispatcher:
             outcome=type(outcome).__name__,
             latency_ms=round(latency * 1000, 2),
         )
-        return await self._record(accepted, target, record.position, outcome, attempt, latency, cause, delivery)
+        return await self._record(
+            accepted, target, record.position, outcome, attempt, latency, cause, delivery
+        )
 
     async def _record(
         self,
@@ -213,7 +227,10 @@ class Dispatcher:
         match outcome:
             case Delivered(provider_id=provider_id):
                 event = NotificationDelivered(
-                    **self._header(accepted, cause),
+                    event_id=_new_id(),
+                    occurred_at=self._clock(),
+                    tenant_id=accepted.tenant_id,
+                    cause=cause,
                     client_id=accepted.client_id,
                     message_id=accepted.message_id,
                     provider=target.provider,
@@ -230,9 +247,16 @@ class Dispatcher:
                 )
                 return True
             case TokenInvalid(reason=reason):
-                await self._fail(accepted, target.provider, attempt, f"token_invalid: {reason}", cause)
+                await self._fail(
+                    accepted, target.provider, attempt, f"token_invalid: {reason}", cause
+                )
                 unregistered = ClientUnregistered(
-                    **self._header(accepted, cause), client_id=accepted.client_id, reason="token_invalid"
+                    event_id=_new_id(),
+                    occurred_at=self._clock(),
+                    tenant_id=accepted.tenant_id,
+                    cause=cause,
+                    client_id=accepted.client_id,
+                    reason="token_invalid",
                 )
                 try:
                     await self._append(unregistered, expected_version=client_version)
@@ -240,8 +264,18 @@ class Dispatcher:
                     log.info("client_changed_before_unregister", client_id=accepted.client_id)
                 return True
             case CredentialsInvalid(reason=reason):
-                await self._fail(accepted, target.provider, attempt, f"credentials_invalid: {reason}", cause)
-                await self._append(TenantSuspended(**self._header(accepted, cause), reason=reason))
+                await self._fail(
+                    accepted, target.provider, attempt, f"credentials_invalid: {reason}", cause
+                )
+                await self._append(
+                    TenantSuspended(
+                        event_id=_new_id(),
+                        occurred_at=self._clock(),
+                        tenant_id=accepted.tenant_id,
+                        cause=cause,
+                        reason=reason,
+                    )
+                )
                 return True
             case Rejected(reason=reason):
                 await self._fail(accepted, target.provider, attempt, reason, cause)
@@ -250,24 +284,20 @@ class Dispatcher:
                 delay = max(after or 0.0, backoff(attempt))
                 next_at = self._clock() + timedelta(seconds=delay)
                 if next_at > accepted.occurred_at + self._deadline:
-                    await self._fail(accepted, target.provider, attempt, f"expired: {reason}", cause)
+                    await self._fail(
+                        accepted, target.provider, attempt, f"expired: {reason}", cause
+                    )
                     return True
-                await self._fail(accepted, target.provider, attempt, reason, cause, next_attempt_at=next_at)
+                await self._fail(
+                    accepted, target.provider, attempt, reason, cause, next_attempt_at=next_at
+                )
                 await delivery.nak(delay)
                 return False
-
-    def _header(self, accepted: NotificationAccepted, cause: Cause) -> dict[str, object]:
-        return {
-            "event_id": str(uuid.uuid4()),
-            "occurred_at": self._clock(),
-            "tenant_id": accepted.tenant_id,
-            "cause": cause,
-        }
 
     async def _fail(
         self,
         accepted: NotificationAccepted,
-        provider: str | None,
+        provider: ProviderType | None,
         attempt: int,
         reason: str,
         cause: Cause,
@@ -275,10 +305,13 @@ class Dispatcher:
         next_attempt_at: datetime | None = None,
     ) -> None:
         event = NotificationDeliveryFailed(
-            **self._header(accepted, cause),
+            event_id=_new_id(),
+            occurred_at=self._clock(),
+            tenant_id=accepted.tenant_id,
+            cause=cause,
             client_id=accepted.client_id,
             message_id=accepted.message_id,
-            provider=provider,  # type: ignore[arg-type]
+            provider=provider,
             attempt=attempt,
             permanent=next_attempt_at is None,
             reason=reason,
@@ -287,4 +320,6 @@ class Dispatcher:
         await self._append(event)
 
     async def _append(self, event: Event, *, expected_version: int | None = None) -> None:
-        await self._log.append(subject_for(event), encode_event(event), expected_version=expected_version)
+        await self._log.append(
+            subject_for(event), encode_event(event), expected_version=expected_version
+        )

@@ -124,7 +124,8 @@ def test_kill_9_and_restart_keeps_everything_accepted(data_dir: Path) -> None:
         clients = [f"wallet-{i}" for i in range(5)]
         for client in clients:
             r = httpx.post(
-                f"{server.base}/clients", json={"client_id": client, "type": "noop", "token": client}
+                f"{server.base}/clients",
+                json={"client_id": client, "type": "noop", "token": client},
             )
             assert r.status_code == 200, r.text
         accepted = []

@@ -100,10 +100,8 @@ async def wait_delivered(stack: Stack, count: int) -> None:
 
 async def fetch(stack: Stack, query: str, *params: object) -> list[tuple[object, ...]]:
     async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
-        await conn.execute(
-            sql.SQL("SET search_path TO {}").format(sql.Identifier(stack.schema))
-        )
-        cur = await conn.execute(query, params)  # type: ignore[arg-type]
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(stack.schema)))
+        cur = await conn.execute(query, params)
         return await cur.fetchall()
 
 
@@ -114,11 +112,14 @@ async def test_register_push_deliver_project(stack: Stack) -> None:
     assert r.status_code == 200, r.text
     blob = notify_blob("Hi", "Hello there")
     r = await stack.client.post(
-        "/clients/wallet-1", json={"id": "m-1", "payload": {"topic": "ab", "flags": 16, "blob": blob}}
+        "/clients/wallet-1",
+        json={"id": "m-1", "payload": {"topic": "ab", "flags": 16, "blob": blob}},
     )
     assert r.status_code == 202, r.text
     encrypted = "c2VjcmV0LWJ5dGVzLW5ldmVyLWRlY29kZWQ="
-    r = await stack.client.post("/clients/wallet-1", json={"id": "m-2", "payload": f"cd:1:{encrypted}"})
+    r = await stack.client.post(
+        "/clients/wallet-1", json={"id": "m-2", "payload": f"cd:1:{encrypted}"}
+    )
     assert r.status_code == 202, r.text
 
     await wait_delivered(stack, 2)
@@ -133,7 +134,9 @@ async def test_register_push_deliver_project(stack: Stack) -> None:
         stack, "SELECT message_id, status, encrypted, attempts FROM messages ORDER BY message_id"
     )
     assert messages == [("m-1", "sent", False, 1), ("m-2", "sent", True, 1)]
-    inbox = await fetch(stack, "SELECT message_id, title, body, blob FROM inbox ORDER BY message_id")
+    inbox = await fetch(
+        stack, "SELECT message_id, title, body, blob FROM inbox ORDER BY message_id"
+    )
     assert inbox == [("m-1", "Hi", "Hello there", None), ("m-2", None, None, encrypted)]
 
 
@@ -152,7 +155,9 @@ async def test_fifty_concurrent_copies_are_accepted_once(stack: Stack) -> None:
     assert tags.count("notification.duplicate") == 49
     await wait_delivered(stack, 1)
     assert [s.notification.message_id for s in stack.noop.sent] == ["same-id"]
-    rows = await fetch(stack, "SELECT status, duplicates FROM messages WHERE message_id = 'same-id'")
+    rows = await fetch(
+        stack, "SELECT status, duplicates FROM messages WHERE message_id = 'same-id'"
+    )
     assert rows == [("sent", 49)]
 
 
@@ -161,7 +166,8 @@ async def test_push_to_unregistered_client_is_dropped_and_recorded(stack: Stack)
     r = await stack.client.delete("/clients/gone")
     assert r.status_code == 200
     r = await stack.client.post(
-        "/clients/gone", json={"id": "x", "payload": {"topic": "ab", "flags": 1, "blob": "YmxvYg=="}}
+        "/clients/gone",
+        json={"id": "x", "payload": {"topic": "ab", "flags": 1, "blob": "YmxvYg=="}},
     )
     assert r.status_code == 202
     tags = [decode_event(e.data).__struct_config__.tag async for e in stack.log.read()]
