@@ -92,10 +92,9 @@ class Server:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
-        pid_file = self.data_dir / "postgres" / "postmaster.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text().split()[0])
-            wait_until(lambda: not alive(pid), 30, "embedded PostgreSQL to exit")
+        pid_file = self.data_dir / "postgres" / "pgdata" / "postmaster.pid"
+        pid = int(pid_file.read_text().split()[0])
+        wait_until(lambda: not alive(pid), 30, "embedded PostgreSQL to exit with its parent")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
