@@ -9,6 +9,7 @@ from eventstore.errors import (
     InvalidSubject,
     WrongExpectedVersion,
 )
+from eventstore.jetstream import JetStreamEventLog
 from eventstore.log import (
     ANY,
     REST,
@@ -21,6 +22,7 @@ from eventstore.log import (
     Subscription,
     Wildcard,
 )
+from eventstore.memory import InMemoryEventLog
 
 __all__ = [
     "ANY",
@@ -30,7 +32,9 @@ __all__ = [
     "EventLog",
     "EventLogUnavailable",
     "EventStoreError",
+    "InMemoryEventLog",
     "InvalidSubject",
+    "JetStreamEventLog",
     "RecordedEvent",
     "Subject",
     "SubjectFilter",
