@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import re
 from collections import deque
@@ -25,6 +24,7 @@ from typing import Final, Self, cast
 import msgspec
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -42,13 +42,14 @@ from eventstore.log import (
     RecordedEvent,
     Subject,
     SubjectFilter,
+    Subscription,
     Wildcard,
 )
 from eventstore.subjects import decode_subject, encode_filter, encode_subject
 
 __all__ = ["JetStreamEventLog"]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 _MSG_ID: Final = "Nats-Msg-Id"
 _EXPECTED_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
@@ -81,13 +82,18 @@ _decode_ack = msgspec.json.Decoder(_PubAck).decode
 class JetStreamEventLog:
     """An :class:`~eventstore.log.EventLog` on one JetStream stream.
 
+    Build it with :meth:`connect`, or from a connection the caller owns with
+    ``JetStreamEventLog(nc, nc.jetstream(), stream=..., prefix=...)`` followed by
+    :meth:`ensure_stream` (appends to a stream that does not exist raise
+    :class:`EventLogUnavailable`: nothing answers them).
+
     Duplicates with an expected version: when an append carries both an idempotency key already
-    seen inside the duplicate window and an expected version, nats-server 2.9 reports a
-    duplicate whatever the version, while nats-server 2.10 and later check the version first.
-    This log makes both agree on the common case: a retry of an append that went through (the
-    subject's last event carries the same key) is reported as a duplicate of it, at its
-    position, even though the expected version moved on; a key whose event is no longer the
-    subject's last raises :class:`WrongExpectedVersion` on 2.10+ and is a duplicate on 2.9.
+    seen inside the duplicate window and an expected version that no longer holds, nats-server
+    2.9 answers "duplicate" while newer servers (2.15 checked) check the version first and
+    answer "wrong last sequence". This log makes both agree on the case that matters, the retry
+    of an append that went through: when the subject's last event carries the same key, the
+    append is reported as a duplicate at that event's position. When other events were stored
+    on the subject since, the append raises :class:`WrongExpectedVersion` (a duplicate on 2.9).
     """
 
     def __init__(
@@ -97,7 +103,7 @@ class JetStreamEventLog:
         *,
         stream: str,
         prefix: str,
-        timeout: float = 5.0,
+        request_timeout: float = 5.0,
         owns_connection: bool = False,
     ) -> None:
         if not prefix or any(c in prefix for c in "*> \t\r\n") or ".." in f".{prefix}.":
@@ -106,7 +112,7 @@ class JetStreamEventLog:
         self._js = js
         self._stream = stream
         self._prefix = prefix
-        self._timeout = timeout
+        self._timeout = request_timeout
         self._owns_connection = owns_connection
 
     @classmethod
@@ -119,10 +125,11 @@ class JetStreamEventLog:
         duplicate_window: float = 300.0,
         replicas: int = 1,
         connect_timeout: float = 5.0,
+        request_timeout: float = 5.0,
     ) -> Self:
         """Connect to ``url`` (giving up after ``connect_timeout`` seconds; once connected, the
         client reconnects for as long as it takes), make sure the stream exists, and own the
-        connection."""
+        connection. ``request_timeout`` bounds each request (append, get, API call)."""
         nc = NATS()
         try:
             async with asyncio.timeout(connect_timeout):
@@ -136,7 +143,14 @@ class JetStreamEventLog:
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             await _quietly(nc.close())
             raise EventLogUnavailable(f"cannot connect to NATS at {url}") from exc
-        event_log = cls(nc, nc.jetstream(), stream=stream, prefix=prefix, owns_connection=True)
+        event_log = cls(
+            nc,
+            nc.jetstream(timeout=request_timeout),
+            stream=stream,
+            prefix=prefix,
+            request_timeout=request_timeout,
+            owns_connection=True,
+        )
         try:
             await event_log.ensure_stream(duplicate_window=duplicate_window, replicas=replicas)
         except BaseException:
@@ -183,7 +197,9 @@ class JetStreamEventLog:
             try:
                 await self._js.update_stream(current.evolve(**changes))
             except nats.js.errors.BadRequestError as exc:
-                log.warning("stream_update_refused %s %s: %s", self._stream, changes, exc)
+                log.warning(
+                    "stream_update_refused", stream=self._stream, changes=changes, error=str(exc)
+                )
         except (nats.errors.Error, OSError) as exc:
             raise _translate(exc) from exc
 
@@ -284,7 +300,7 @@ class JetStreamEventLog:
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
         from_position: int | None = None,
-    ) -> _JetStreamSubscription:
+    ) -> Subscription:
         """Bind the durable pull consumer ``durable``, creating it when missing (an existing one
         keeps its configuration); ``from_position`` deletes it and creates it anew there."""
         config = api.ConsumerConfig(
@@ -468,6 +484,7 @@ class _JetStreamDelivery:
         self._msg = msg
         self._event = event
         self._num_delivered = num_delivered
+        self._settled = False
 
     @property
     def event(self) -> RecordedEvent:
@@ -478,23 +495,30 @@ class _JetStreamDelivery:
         return self._num_delivered
 
     async def ack(self) -> None:
-        await self._send(self._msg.ack())
+        if self._settle():
+            await _sent(self._msg.ack())
 
     async def nak(self, delay: float | None = None) -> None:
-        await self._send(self._msg.nak(delay=delay))
+        if self._settle():
+            await _sent(self._msg.nak(delay=delay))
 
     async def in_progress(self) -> None:
-        if not self._msg._ackd:
-            await self._send(self._msg.in_progress())
+        if not self._settled:
+            await _sent(self._msg.in_progress())
 
-    @staticmethod
-    async def _send(action: Awaitable[None]) -> None:
-        try:
-            await action
-        except nats.errors.MsgAlreadyAckdError:
-            return
-        except (nats.errors.Error, OSError) as exc:
-            raise _translate(exc) from exc
+    def _settle(self) -> bool:
+        settled, self._settled = self._settled, True
+        return not settled
+
+
+async def _sent(action: Awaitable[None]) -> None:
+    """Await an ack-family publish, translating the driver's errors."""
+    try:
+        await action
+    except nats.errors.MsgAlreadyAckdError:
+        return
+    except (nats.errors.Error, OSError) as exc:
+        raise _translate(exc) from exc
 
 
 def _translate(exc: BaseException) -> EventStoreError:

@@ -184,6 +184,8 @@ class InMemoryEventLog:
         self._changed = asyncio.Event()
 
     async def _fetch(self, name: str, max_messages: int, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:

@@ -169,6 +169,24 @@ async def test_a_retried_append_with_key_and_version_is_a_duplicate(event_log: E
     assert await event_log.last_position() == 1
 
 
+async def test_a_seen_key_whose_subject_moved_on_is_a_conflict(event_log: EventLog) -> None:
+    first = await event_log.append(("c",), b"x", idempotency_key="cmd-1", expected_version=0)
+    await event_log.append(("c",), b"y")
+    attempt = event_log.append(("c",), b"x", idempotency_key="cmd-1", expected_version=0)
+    if isinstance(event_log, JetStreamEventLog) and _is_nats_2_9(event_log):
+        # nats-server 2.9 checks the key before the version.
+        assert await attempt == AppendResult(position=first.position, duplicate=True)
+    else:
+        with pytest.raises(WrongExpectedVersion):
+            await attempt
+    assert await event_log.last_position() == 2
+
+
+def _is_nats_2_9(event_log: JetStreamEventLog) -> bool:
+    version = event_log._nc.connected_server_version
+    return (version.major, version.minor) < (2, 10)
+
+
 async def test_a_key_is_log_wide(event_log: EventLog) -> None:
     first = await event_log.append(("one",), b"x", idempotency_key="k")
     second = await event_log.append(("two",), b"x", idempotency_key="k")
