@@ -73,8 +73,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 FCM_SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"
-#: Measured against the stand-in (64 concurrent sends): see the module's benchmark notes.
-DEFAULT_HTTP2: Final = False
+#: HTTP/2 by default: against the stand-in (64 concurrent sends, 2 cores) it delivered about
+#: twice the sends per second of HTTP/1.1 over 64 connections, at under half the client CPU.
+DEFAULT_HTTP2: Final = True
 _GOOGLE_HOSTS: Final = (".googleapis.com", ".google.com")
 _encode: Final = msgspec.json.encode
 
