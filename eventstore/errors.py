@@ -1,9 +1,9 @@
 """Errors raised by the event log.
 
-    EventStoreError
-    ├── WrongExpectedVersion   the subject moved on since the caller read it
-    ├── EventLogUnavailable    the log could not be reached or did not answer in time
-    └── InvalidSubject         a token cannot be part of a subject (empty)
+EventStoreError
+├── WrongExpectedVersion   the subject moved on since the caller read it
+├── EventLogUnavailable    the log could not be reached or did not answer in time
+└── InvalidSubject         a token cannot be part of a subject (empty)
 """
 
 from __future__ import annotations
@@ -30,4 +30,4 @@ class EventLogUnavailable(EventStoreError):
 
 
 class InvalidSubject(EventStoreError):
-    """A subject token is empty or the subject has no tokens."""
+    """A subject has no tokens, an empty token, or is too long once encoded."""

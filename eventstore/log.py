@@ -87,7 +87,7 @@ class Delivery(Protocol):
 class Subscription(Protocol):
     """A durable pull subscription; several processes with the same name share the work."""
 
-    async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+    async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
         """Up to ``max_messages`` deliveries; an empty list when none came within ``timeout``."""
         ...
 
