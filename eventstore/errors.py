@@ -3,7 +3,7 @@
 EventStoreError
 ├── WrongExpectedVersion   the subject moved on since the caller read it
 ├── EventLogUnavailable    the log could not be reached or did not answer in time
-└── InvalidSubject         a token cannot be part of a subject (empty)
+└── InvalidSubject         no tokens, an empty token, or over 3,072 bytes once encoded
 """
 
 from __future__ import annotations
