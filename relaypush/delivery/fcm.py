@@ -60,6 +60,7 @@ __all__ = [
     "ERROR_CODES",
     "FCM_SCOPE",
     "HTTP_STATUSES",
+    "UNKNOWN_ANSWER",
     "Action",
     "FcmOptions",
     "FcmProvider",
@@ -125,6 +126,8 @@ HTTP_STATUSES: Final[Mapping[int, Action]] = {
 _FCM_ERROR_TYPE: Final = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _BAD_REQUEST_TYPE: Final = "type.googleapis.com/google.rpc.BadRequest"
 _MAX_MESSAGE: Final = 200
+#: How the reason of a retry for an answer no table knows begins.
+UNKNOWN_ANSWER: Final = "unknown answer "
 
 
 class _FieldViolation(msgspec.Struct, kw_only=True):
@@ -188,7 +191,9 @@ def _error(body: bytes) -> _Status | None:
 
 def _names_token(error: _Status) -> bool:
     for detail in error.details:
-        if any(v.field == "message.token" for v in detail.field_violations):
+        if detail.type == _BAD_REQUEST_TYPE and any(
+            v.field == "message.token" for v in detail.field_violations
+        ):
             return True
     return "registration token" in error.message.lower()
 
@@ -228,7 +233,7 @@ def interpret(
         case Action.REJECTED:
             return Rejected(reason)
         case Action.RETRY | None:
-            prefix = "" if action else "unknown answer "
+            prefix = UNKNOWN_ANSWER if action is None else ""
             return Retry(prefix + reason, retry_after(headers.get("retry-after"), now=now))
 
 
@@ -385,7 +390,7 @@ class FcmProvider:
         outcome = interpret(
             response.status_code, response.headers, response.content, now=datetime.now(UTC)
         )
-        if isinstance(outcome, Retry) and outcome.reason.startswith("unknown answer "):
+        if isinstance(outcome, Retry) and outcome.reason.startswith(UNKNOWN_ANSWER):
             log.warning(
                 "fcm_unknown_answer",
                 status=response.status_code,

@@ -122,12 +122,20 @@ class _Failure:
 
 
 def refresh_outcome(exc: Exception) -> Retry | CredentialsInvalid:
-    """What a failed refresh means: ``Retry`` unless the token endpoint refused for good."""
+    """What a failed refresh means: ``Retry`` unless the token endpoint refused for good.
+
+    google-auth raises ``RefreshError`` for a refusal (``retryable`` for 5xx and the like),
+    our transport ``TransportError``; anything else is an answer nobody expected: retried.
+    """
     if isinstance(exc, google.auth.exceptions.TransportError):
         return Retry(f"oauth token endpoint unreachable: {exc}")
-    if isinstance(exc, google.auth.exceptions.RefreshError) and getattr(exc, "retryable", False):
-        return Retry(f"oauth token endpoint failed: {exc}")
-    return CredentialsInvalid(f"oauth token refused: {exc}")
+    if isinstance(exc, google.auth.exceptions.RefreshError):
+        if getattr(exc, "retryable", False):
+            return Retry(f"oauth token endpoint failed: {exc}")
+        return CredentialsInvalid(f"oauth token refused: {exc}")
+    if isinstance(exc, google.auth.exceptions.GoogleAuthError):
+        return CredentialsInvalid(f"oauth token refused: {exc}")
+    return Retry(f"oauth token endpoint answered unexpectedly: {type(exc).__name__}: {exc}")
 
 
 class ServiceAccountTokens:
@@ -182,7 +190,7 @@ class ServiceAccountTokens:
                 return self._still_valid(current, rejected, now, failure.outcome)
             try:
                 fresh = await asyncio.to_thread(self._fetch)
-            except google.auth.exceptions.GoogleAuthError as exc:
+            except Exception as exc:  # whatever the exchange raised is this send's outcome
                 outcome = refresh_outcome(exc)
                 self._failure = _Failure(outcome, now + self._failure_backoff)
                 self._refreshes.inc(result="retry" if isinstance(outcome, Retry) else "refused")

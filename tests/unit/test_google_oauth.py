@@ -143,6 +143,7 @@ async def test_short_lived_tokens_are_renewed_at_half_their_life(
         (refresh_error("invalid_grant: bad signature"), CredentialsInvalid),
         (refresh_error("server_error", retryable=True), Retry),
         (transport_error("ConnectError: refused"), Retry),
+        (TypeError("string indices must be integers"), Retry),  # a 200 that is not JSON
     ],
 )
 async def test_a_failed_first_refresh_is_the_sends_outcome(
