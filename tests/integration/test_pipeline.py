@@ -13,10 +13,10 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import psycopg
 import pytest
 import pytest_asyncio
-from litestar.testing import AsyncTestClient
 from psycopg import sql
 
 from eventstore.jetstream import JetStreamEventLog
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class Stack:
-    client: AsyncTestClient  # type: ignore[type-arg]
+    client: httpx.AsyncClient
     log: JetStreamEventLog
     database_url: str
     schema: str
@@ -65,7 +65,8 @@ async def fx_stack(nats_url: str, database_url: str, unique_name: str) -> AsyncI
         asyncio.create_task(projector.run(stop)),
     ]
     try:
-        async with AsyncTestClient(app=app) as client:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://relaypush") as client:
             yield Stack(client, log, database_url, unique_name, noop)
     finally:
         stop.set()
