@@ -354,7 +354,7 @@ async def test_a_slow_answer_is_a_timeout_to_retry(fcm: FcmStandIn) -> None:
         fcm.service_account_info(),
         base_url=fcm.url,
         verify=fcm.ca_file,
-        timeout=0.3,
+        timeout=1.0,
         metrics=Registry(),
     )
     try:
