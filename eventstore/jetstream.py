@@ -127,14 +127,14 @@ class JetStreamEventLog:
         connect_timeout: float = 5.0,
         request_timeout: float = 5.0,
     ) -> Self:
-        """Connect to ``url`` (giving up after ``connect_timeout`` seconds; once connected, the
+        """Connect to ``url`` (one URL, or several separated by commas for a cluster; giving up after ``connect_timeout`` seconds; once connected, the
         client reconnects for as long as it takes), make sure the stream exists, and own the
         connection. ``request_timeout`` bounds each request (append, get, API call)."""
         nc = NATS()
         try:
             async with asyncio.timeout(connect_timeout):
                 await nc.connect(
-                    url,
+                    servers=[u.strip() for u in url.split(",") if u.strip()],
                     connect_timeout=math.ceil(connect_timeout),
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,

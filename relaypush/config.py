@@ -18,6 +18,7 @@ import msgspec
 __all__ = ["DEFAULT_TENANT", "PREFIX", "ConfigError", "Settings", "load_settings"]
 
 PREFIX = "RELAYPUSH_"
+TEST_PREFIX = "RELAYPUSH_TEST_"
 DEFAULT_TENANT = "0000-0000-0000-0000"
 
 
@@ -52,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # delivery
     delivery_deadline: float = 86400.0
     dispatcher_concurrency: int = 64
+    send_timeout: float = 10.0
     apns_topic: str | None = None
     apns_key_file: Path | None = None
     apns_key_id: str | None = None
@@ -94,7 +96,9 @@ def load_settings(
     ``RELAYPUSH_CONFIG_FILE``) when given; unknown ``RELAYPUSH_*`` names are an error."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
-    config_file = file or (Path(env["RELAYPUSH_CONFIG_FILE"]) if env.get("RELAYPUSH_CONFIG_FILE") else None)
+    config_file = file or (
+        Path(env["RELAYPUSH_CONFIG_FILE"]) if env.get("RELAYPUSH_CONFIG_FILE") else None
+    )
     if config_file is not None:
         try:
             raw.update(tomllib.loads(config_file.read_text()))
@@ -103,12 +107,16 @@ def load_settings(
     for key, value in env.items():
         if not key.startswith(PREFIX) or key == "RELAYPUSH_CONFIG_FILE":
             continue
+        if key.startswith(TEST_PREFIX):  # the test suite's own variables, not settings
+            continue
         name = key[len(PREFIX) :].lower()
         if name not in Settings.__struct_fields__:
             raise ConfigError(f"unknown setting {key}")
         if value == "":
             continue
-        raw[name] = tuple(v.strip() for v in value.split(",") if v.strip()) if name in _TUPLES else value
+        raw[name] = (
+            tuple(v.strip() for v in value.split(",") if v.strip()) if name in _TUPLES else value
+        )
     try:
         return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:

@@ -172,6 +172,7 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
         providers,
         deadline=settings.delivery_deadline,
         concurrency=settings.dispatcher_concurrency,
+        send_timeout=settings.send_timeout,
     )
     try:
         await dispatcher.run(stop)

@@ -75,7 +75,7 @@ class Dispatcher:
         deadline: float,
         concurrency: int = 64,
         durable: str = "dispatcher",
-        send_timeout: float = 30.0,
+        send_timeout: float = 10.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Registry = REGISTRY,
     ) -> None:
@@ -108,7 +108,7 @@ class Dispatcher:
         sub = await self._log.subscribe(
             self._durable,
             ACCEPTED_FILTER,
-            ack_wait=max(60.0, self._send_timeout * 2),
+            ack_wait=self._send_timeout * 3,
             max_ack_pending=self._concurrency * 4,
         )
         log.info("dispatcher_started", durable=self._durable, concurrency=self._concurrency)

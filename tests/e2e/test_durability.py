@@ -69,9 +69,11 @@ class Server:
             "RELAYPUSH_DATA_DIR": str(self.data_dir),
             "RELAYPUSH_PORT": str(self.port),
             "RELAYPUSH_LOG_LEVEL": "warning",
+            # sends unacknowledged at the kill come back after 3 x this
+            "RELAYPUSH_SEND_TIMEOUT": "2",
         }
-        log = (self.data_dir / "serve.log").open("ab")
-        self.proc = subprocess.Popen([RELAYPUSH, "serve"], env=env, stdout=log, stderr=log)
+        with (self.data_dir / "serve.log").open("ab") as log:
+            self.proc = subprocess.Popen([RELAYPUSH, "serve"], env=env, stdout=log, stderr=log)
 
         def healthy() -> bool:
             assert self.proc is not None
