@@ -33,10 +33,10 @@ from nats.js.api import StorageType, StreamConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import build_request, percentile, run_load  # noqa: E402
+from loadgen import build_request, percentile, run_load
 
-from relaypush.auth.relay_signature import make_relay_signature  # noqa: E402
-from relaypush.embedded import EmbeddedNats  # noqa: E402
+from relaypush.auth.relay_signature import make_relay_signature
+from relaypush.embedded import EmbeddedNats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -127,9 +127,10 @@ class JetStreamEventLog:
         connect_timeout: float = 5.0,
         request_timeout: float = 5.0,
     ) -> Self:
-        """Connect to ``url`` (one URL, or several separated by commas for a cluster; giving up after ``connect_timeout`` seconds; once connected, the
-        client reconnects for as long as it takes), make sure the stream exists, and own the
-        connection. ``request_timeout`` bounds each request (append, get, API call)."""
+        """Connect to ``url`` (one URL, or several separated by commas for a cluster), giving up
+        after ``connect_timeout`` seconds (once connected, the client reconnects for as long as
+        it takes), make sure the stream exists, and own the connection. ``request_timeout``
+        bounds each request (append, get, API call)."""
         nc = NATS()
         try:
             async with asyncio.timeout(connect_timeout):

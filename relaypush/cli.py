@@ -17,6 +17,7 @@ from importlib.metadata import version
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from projections.rebuild import rebuild
 from relaypush import runtime
@@ -46,7 +47,8 @@ async def _rebuild(settings: Settings) -> None:
         )
         elapsed = time.monotonic() - started
         print(
-            f"rebuilt {settings.database_schema} from {applied} events (log at {total}) in {elapsed:.1f}s"
+            f"rebuilt {settings.database_schema} from {applied} events"
+            f" (log at {total}) in {elapsed:.1f}s"
         )
 
 
@@ -54,9 +56,10 @@ async def _status(settings: Settings) -> None:
     async with runtime.open_backends(settings) as backends:
         head = await backends.event_log.last_position()
         async with await psycopg.AsyncConnection.connect(backends.database_url) as conn:
-            cur = await conn.execute(
-                f'SELECT name, position, updated_at FROM "{settings.database_schema}".projection_checkpoints ORDER BY name'  # noqa: S608 - schema name from settings
-            )
+            query = sql.SQL(
+                "SELECT name, position, updated_at FROM {}.projection_checkpoints ORDER BY name"
+            ).format(sql.Identifier(settings.database_schema))
+            cur = await conn.execute(query)
             rows = await cur.fetchall()
         print(f"log head: {head}")
         for name, position, updated_at in rows:

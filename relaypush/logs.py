@@ -14,7 +14,12 @@ import structlog
 
 __all__ = ["configure_logging", "fingerprint"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def fingerprint(secret: str | bytes) -> str:

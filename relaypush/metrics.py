@@ -138,7 +138,8 @@ class Histogram(_Metric):
             running = 0
             for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
                 running += n
-                yield f"{self.name}_bucket{_fmt_labels(key, (('le', _fmt_value(bound)),))} {running}"
+                le = _fmt_labels(key, (("le", _fmt_value(bound)),))
+                yield f"{self.name}_bucket{le} {running}"
             yield f"{self.name}_sum{_fmt_labels(key)} {_fmt_value(self._sums[key])}"
             yield f"{self.name}_count{_fmt_labels(key)} {running}"
 

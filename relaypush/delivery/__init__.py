@@ -1,1 +1,1 @@
-"""Delivery: providers (APNs, FCM, noop) behind one interface, and the dispatcher that feeds them."""
+"""Delivery: providers (APNs, FCM, noop) behind one interface, and the dispatcher feeding them."""
