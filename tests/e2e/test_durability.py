@@ -141,14 +141,19 @@ def test_kill_9_and_restart_keeps_everything_accepted(data_dir: Path) -> None:
         server.start()
         database_url = server.runtime()["database_url"]
 
-        def projected() -> bool:
+        def sent() -> set[tuple[str, str]]:
             with psycopg.connect(database_url) as conn:
                 rows = conn.execute(
                     "SELECT client_id, message_id FROM relaypush.messages WHERE status = 'sent'"
                 ).fetchall()
-            return set(rows) == set(accepted)
+            return {(r[0], r[1]) for r in rows}
 
-        wait_until(projected, 60, "every accepted notification to be delivered and projected")
+        try:
+            wait_until(lambda: sent() == set(accepted), 60, "every notification delivered")
+        except AssertionError:
+            missing = set(accepted) - sent()
+            log = (data_dir / "serve.log").read_text()[-4000:]
+            raise AssertionError(f"not delivered and projected: {missing}\n{log}") from None
         with psycopg.connect(database_url) as conn:
             devices = conn.execute(
                 "SELECT client_id FROM relaypush.devices WHERE active ORDER BY client_id"
