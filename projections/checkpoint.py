@@ -1,0 +1,163 @@
+"""The checkpoint guard: a batch is applied in the same transaction that moves the checkpoint.
+
+``<schema>.projection_checkpoints`` holds one row (``read_models``) with the position of the last
+event the read tables reflect. :func:`apply_records` locks that row, drops the records at or
+below it, applies the rest with every applier and moves the row, all in one transaction: a batch
+delivered twice, or replayed after a crash between commit and ack, changes nothing the second
+time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from eventstore import RecordedEvent
+from projections import devices, inbox, messages, tenants
+from projections.batch import Batch, PositionedEvent, decode_records
+from projections.errors import CheckpointMoved, ProjectionUnavailable
+from projections.schema import CHECKPOINT_NAME
+from relaypush.domain.events import Event
+
+__all__ = [
+    "AppliedBatch",
+    "apply_events",
+    "apply_records",
+    "read_checkpoint",
+    "wait_for_position",
+]
+
+_TRANSIENT = (
+    psycopg.OperationalError,  # lost connection, deadlock, serialisation failure, shutdown
+    psycopg.errors.UndefinedTable,  # the schema was swapped or dropped mid-batch
+    psycopg.errors.InvalidSchemaName,
+)
+
+Applier = Callable[[psycopg.AsyncCursor[Any], str, Batch], Awaitable[None]]
+
+_APPLIERS: tuple[tuple[frozenset[type[Event]], Applier], ...] = (
+    (devices.EVENT_TYPES, devices.apply),
+    (messages.EVENT_TYPES, messages.apply),
+    (inbox.EVENT_TYPES, inbox.apply),
+    (tenants.EVENT_TYPES, tenants.apply),
+)
+_ROUTES: dict[type[Event], tuple[int, ...]] = {
+    kind: tuple(i for i, (kinds, _) in enumerate(_APPLIERS) if kind in kinds)
+    for kinds, _ in _APPLIERS
+    for kind in kinds
+}
+
+POLL_INTERVAL = 0.02
+"""How often :func:`wait_for_position` looks at the checkpoint, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """What :func:`apply_records` did: events applied, and the checkpoint after the batch."""
+
+    applied: int
+    checkpoint: int
+
+
+@cache
+def _select_sql(schema: str, *, lock: bool) -> sql.Composed:
+    return sql.SQL("SELECT position FROM {} WHERE name = %s{}").format(
+        sql.Identifier(schema, "projection_checkpoints"),
+        sql.SQL(" FOR UPDATE") if lock else sql.SQL(""),
+    )
+
+
+@cache
+def _update_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {} AS c (name, position, updated_at) VALUES (%s, %s, now())"
+        " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+        " updated_at = excluded.updated_at"
+    ).format(sql.Identifier(schema, "projection_checkpoints"))
+
+
+async def _position(cur: psycopg.AsyncCursor[Any], schema: str, *, lock: bool) -> int:
+    await cur.execute(_select_sql(schema, lock=lock), (CHECKPOINT_NAME,))
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def read_checkpoint(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
+    """The position the read tables of ``schema`` reflect (0 before any event)."""
+    async with conn.cursor() as cur:
+        return await _position(cur, schema, lock=False)
+
+
+async def apply_events(cur: psycopg.AsyncCursor[Any], schema: str, batch: Batch) -> None:
+    """Apply events (ascending positions) to every read table, without any guard. One pass
+    hands each read model its own events, in order."""
+    parts: list[list[PositionedEvent]] = [[] for _ in _APPLIERS]
+    routes = _ROUTES
+    for item in batch:
+        for index in routes.get(type(item[1]), ()):
+            parts[index].append(item)
+    for (_, apply), part in zip(_APPLIERS, parts, strict=True):
+        if part:
+            await apply(cur, schema, part)
+
+
+async def apply_records(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    records: Iterable[RecordedEvent],
+    *,
+    expected_checkpoint: int | None = None,
+) -> AppliedBatch:
+    """In one transaction: lock the checkpoint, skip records at or below it, apply the others
+    and move the checkpoint to the highest position among them.
+
+    With ``expected_checkpoint``, raise :class:`CheckpointMoved` (applying nothing) when the
+    stored checkpoint differs: someone rebuilt or restored the schema. Failures worth a retry
+    (connection lost, deadlock, schema swapped mid-batch) are raised as
+    :class:`ProjectionUnavailable`.
+    """
+    decoded = decode_records(records)
+    try:
+        async with conn.transaction(), conn.cursor() as cur:
+            current = await _position(cur, schema, lock=True)
+            if expected_checkpoint is not None and current != expected_checkpoint:
+                raise CheckpointMoved(expected_checkpoint, current)
+            if decoded.last_position <= current:
+                return AppliedBatch(0, current)
+            events = [pe for pe in decoded.events if pe[0] > current]
+            async with conn.pipeline():
+                await apply_events(cur, schema, events)
+                await cur.execute(_update_sql(schema), (CHECKPOINT_NAME, decoded.last_position))
+            return AppliedBatch(len(events), decoded.last_position)
+    except _TRANSIENT as exc:
+        raise ProjectionUnavailable(f"applying a batch to {schema!r} failed: {exc}") from exc
+
+
+async def wait_for_position(conninfo: str, schema: str, position: int, timeout: float) -> None:  # noqa: ASYNC109
+    """Return once ``schema``'s checkpoint reaches ``position``; raise ``TimeoutError`` if it
+    has not within ``timeout`` seconds. A schema not created yet counts as position 0."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    current = 0
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            while True:
+                try:
+                    current = await read_checkpoint(conn, schema)
+                except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                    current = 0
+                if current >= position:
+                    return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(POLL_INTERVAL, remaining))
+    except psycopg.OperationalError as exc:
+        raise ProjectionUnavailable(f"reading the checkpoint of {schema!r} failed: {exc}") from exc
+    raise TimeoutError(f"{schema!r} reached position {current}, not {position}, in {timeout}s")

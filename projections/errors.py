@@ -1,0 +1,44 @@
+"""Errors raised by the projections.
+
+ProjectionError
+├── MigrationError          the read tables could not be created or upgraded
+├── ProjectionUnavailable   PostgreSQL could not be reached or failed mid-batch
+├── CheckpointMoved         the checkpoint changed under a running projector (rebuild, restore)
+└── RebuildError            a rebuild or a schema comparison failed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointMoved",
+    "MigrationError",
+    "ProjectionError",
+    "ProjectionUnavailable",
+    "RebuildError",
+]
+
+
+class ProjectionError(Exception):
+    """Root of every error raised by :mod:`projections`."""
+
+
+class MigrationError(ProjectionError):
+    """A migration failed; nothing of it was applied (migrations run in one transaction)."""
+
+
+class ProjectionUnavailable(ProjectionError):
+    """PostgreSQL could not be reached, or the connection broke while a batch was applied."""
+
+
+class CheckpointMoved(ProjectionError):
+    """The stored checkpoint is not where the projector left it: the schema was rebuilt or
+    restored under it. The projector resubscribes from the stored checkpoint."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"checkpoint moved from {expected} to {actual}")
+
+
+class RebuildError(ProjectionError):
+    """A rebuild, a schema swap or a comparison of schemas failed."""

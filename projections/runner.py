@@ -1,0 +1,313 @@
+"""The projector: feeds the read tables from a durable subscription to the whole log.
+
+Exactly one projector is active per schema: each holds a PostgreSQL session advisory lock keyed
+by the schema while it works, and any other waits for it. On start it migrates the schema,
+reads its checkpoint and (re)creates its durable consumer at ``checkpoint + 1``, so the
+consumer can never disagree with the tables, whatever happened to either (a rebuild, a restore).
+Each fetched batch is applied in position order in one transaction with the checkpoint
+(:func:`projections.checkpoint.apply_records`), committed, and only then acked. Events at or
+below the checkpoint are acked and skipped; a gap (a position past ``checkpoint + 1``) is never
+skipped over: the batch is nakked and the consumer recreated at ``checkpoint + 1``. A checkpoint
+moved under the projector (a rebuild swapped the schema) is handled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from eventstore import REST, Delivery, EventLog, EventLogUnavailable, EventStoreError, Subscription
+from projections.checkpoint import apply_records, read_checkpoint, wait_for_position
+from projections.errors import CheckpointMoved, ProjectionUnavailable
+from projections.schema import check_schema_name, lock_key, migrate
+
+__all__ = ["Projector", "default_durable", "wait_for_position"]
+
+log = structlog.get_logger(__name__)
+
+LOCK_RETRY = 0.5
+"""Seconds between two attempts at the schema's projector lock."""
+CATCH_UP_FETCH_TIMEOUT = 0.5
+"""How long :meth:`Projector.catch_up` waits on an empty fetch before it looks at the lag."""
+MIN_BACKOFF = 0.1
+MAX_BACKOFF = 30.0
+"""Seconds between attempts after losing PostgreSQL or the log: doubling from min to max."""
+CATCH_UP_ATTEMPTS = 5
+"""Consecutive failures without progress after which :meth:`Projector.catch_up` gives up."""
+
+
+def default_durable(schema: str) -> str:
+    """The durable consumer name of the projector of ``schema``."""
+    return "projector-" + re.sub(r"[^A-Za-z0-9_-]", "_", schema)
+
+
+def _position(delivery: Delivery) -> int:
+    return delivery.event.position
+
+
+class _Session:
+    """One connection holding the lock, one subscription, and where the tables stand."""
+
+    def __init__(self, projector: Projector, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.projector = projector
+        self.conn = conn
+        self.checkpoint = 0
+        self.subscription: Subscription | None = None
+        self.fresh = True  # nothing delivered since the consumer was (re)created
+        self.applied = 0  # events applied in this session
+
+    async def subscribe(self) -> Subscription:
+        """Recreate the durable consumer at ``checkpoint + 1``."""
+        await self.unsubscribe()
+        p = self.projector
+        self.subscription = await p.log.subscribe(
+            p.durable,
+            (REST,),
+            max_ack_pending=max(1000, 2 * p.batch_size),
+            from_position=self.checkpoint + 1,
+        )
+        self.fresh = True
+        return self.subscription
+
+    async def unsubscribe(self) -> None:
+        if self.subscription is not None:
+            subscription, self.subscription = self.subscription, None
+            await subscription.close()
+
+    async def fetch(self, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
+        subscription = self.subscription or await self.subscribe()
+        return await subscription.fetch(self.projector.batch_size, timeout)
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> int:
+        """Apply, commit, then ack one fetched batch; returns the number of events applied."""
+        p = self.projector
+        stale: list[Delivery] = []
+        fresh: list[Delivery] = []
+        rest: list[Delivery] = []
+        expected = self.checkpoint + 1
+        # the consumer starts at checkpoint + 1: its very first delivery may be further on
+        # (nothing in between matches), any later jump is a gap
+        first_since_subscribe = self.fresh
+        self.fresh = False
+        for delivery in sorted(deliveries, key=_position):
+            position = delivery.event.position
+            trusted = first_since_subscribe and not (stale or fresh)
+            if rest or (position > expected and not trusted):
+                rest.append(delivery)  # a gap: never skip over it
+            elif position < expected:
+                stale.append(delivery)  # at or below the checkpoint, or repeated in the batch
+            else:
+                fresh.append(delivery)  # the next one, or the first after (re)subscribing
+                expected = position + 1
+        applied = 0
+        if fresh:
+            try:
+                result = await apply_records(
+                    self.conn,
+                    p.schema,
+                    [d.event for d in fresh],
+                    expected_checkpoint=self.checkpoint,
+                )
+            except CheckpointMoved as moved:
+                log.warning(
+                    "projector_checkpoint_moved",
+                    schema=p.schema,
+                    expected=moved.expected,
+                    actual=moved.actual,
+                )
+                await _settle(deliveries, ack=False)
+                self.checkpoint = moved.actual
+                await self.subscribe()
+                return 0
+            except BaseException:
+                await _settle(fresh + rest, ack=False)
+                raise
+            self.checkpoint = result.checkpoint
+            applied = result.applied
+            self.applied += applied
+        await _settle(stale + fresh, ack=True)
+        if rest:
+            log.warning(
+                "projector_gap",
+                schema=p.schema,
+                checkpoint=self.checkpoint,
+                next_position=rest[0].event.position,
+            )
+            await _settle(rest, ack=False)
+            await self.subscribe()
+        return applied
+
+
+async def _settle(deliveries: Sequence[Delivery], *, ack: bool) -> None:
+    """Ack (raising if the log fails) or nak (best effort: the consumer is recreated anyway).
+    One after the other: each only queues a message on the connection, and a task per
+    delivery would cost more than the acks themselves."""
+    if ack:
+        for delivery in deliveries:
+            await delivery.ack()
+        return
+    for delivery in deliveries:
+        try:
+            await delivery.nak()
+        except EventStoreError as exc:
+            log.info("projector_nak_failed", error=str(exc))
+            return
+
+
+async def _wait(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; True when stopped."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+class Projector:
+    """Projects the whole event log into the read tables of one PostgreSQL schema."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        conninfo: str,
+        *,
+        schema: str,
+        durable: str | None = None,
+        batch_size: int = 500,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.log = log
+        self.conninfo = conninfo
+        self.schema = check_schema_name(schema)
+        self.durable = durable or default_durable(schema)
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+
+    @asynccontextmanager
+    async def _session(self, stop: asyncio.Event | None) -> AsyncIterator[_Session | None]:
+        """Connect, migrate, take the schema's lock (waiting for it), read the checkpoint and
+        subscribe; yields None when ``stop`` was set while waiting for the lock."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise ProjectionUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        session = _Session(self, conn)
+        try:
+            await migrate(conn, self.schema)
+            if not await self._lock(conn, stop):
+                yield None
+                return
+            session.checkpoint = await read_checkpoint(conn, self.schema)
+            await session.subscribe()
+            log.info("projector_started", schema=self.schema, checkpoint=session.checkpoint)
+            yield session
+        except psycopg.OperationalError as exc:
+            raise ProjectionUnavailable(f"projector of {self.schema!r} lost PostgreSQL") from exc
+        finally:
+            try:
+                await session.unsubscribe()
+            finally:
+                await conn.close()
+
+    async def _lock(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event | None) -> bool:
+        query = sql.SQL("SELECT pg_try_advisory_lock({})").format(lock_key("project", self.schema))
+        waiting = False
+        while True:
+            cur = await conn.execute(query)
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                return True
+            if not waiting:
+                log.info("projector_waiting_for_lock", schema=self.schema)
+                waiting = True
+            if await _wait(stop, LOCK_RETRY):
+                return False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project new events as they arrive until ``stop`` is set. Losing PostgreSQL or the
+        log is retried with backoff; other errors propagate."""
+        backoff = MIN_BACKOFF
+        while not stop.is_set():
+            try:
+                async with self._session(stop) as session:
+                    if session is None:
+                        return
+                    backoff = MIN_BACKOFF
+                    while not stop.is_set():
+                        deliveries = await session.fetch(self.fetch_timeout)
+                        if deliveries:
+                            await session.handle(deliveries)
+                return
+            except (ProjectionUnavailable, EventLogUnavailable) as exc:
+                log.warning("projector_retrying", schema=self.schema, error=str(exc), delay=backoff)
+                if await _wait(stop, backoff):
+                    return
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def catch_up(self) -> int:
+        """Project until nothing is pending; returns the number of events applied. Losing
+        PostgreSQL or the log is retried a few times (the count of events survives)."""
+        applied = 0
+        failures = 0
+        while True:
+            session_applied = 0
+            try:
+                async with self._session(None) as session:
+                    assert session is not None
+                    try:
+                        await self._drain(session)
+                    finally:
+                        session_applied = session.applied
+                return applied + session_applied
+            except (ProjectionUnavailable, EventLogUnavailable) as exc:
+                applied += session_applied
+                failures = 0 if session_applied else failures + 1
+                if failures >= CATCH_UP_ATTEMPTS:
+                    raise
+                log.warning("projector_retrying", schema=self.schema, error=str(exc))
+                await asyncio.sleep(MIN_BACKOFF * 2**failures)
+
+    async def _drain(self, session: _Session) -> None:
+        """Fetch and apply until the consumer has nothing more to hand out."""
+        target = await self.log.last_position()
+        while True:
+            deliveries = await session.fetch(CATCH_UP_FETCH_TIMEOUT)
+            if deliveries:
+                await session.handle(deliveries)
+                if len(deliveries) == self.batch_size:
+                    continue
+            subscription = session.subscription or await session.subscribe()
+            if await subscription.pending() > 0:
+                continue
+            if session.checkpoint >= target:
+                return
+            if not deliveries:
+                if session.fresh:
+                    return  # nothing matches past the checkpoint
+                # events handed to a fetch that gave up: hand them out again
+                await session.subscribe()
+
+    async def position(self) -> int:
+        """The position the tables reflect (0 before the schema exists)."""
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True
+            ) as conn:
+                try:
+                    return await read_checkpoint(conn, self.schema)
+                except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                    return 0
+        except psycopg.OperationalError as exc:
+            raise ProjectionUnavailable(f"cannot read the checkpoint of {self.schema!r}") from exc

@@ -1,0 +1,146 @@
+"""The read tables' schema: numbered SQL migrations applied inside a named PostgreSQL schema.
+
+Migrations are the files ``projections/sql/NNN_name.sql``, applied in order with
+``search_path`` set to the target schema alone, so that the files never name a schema. Which ones
+were applied is recorded in ``<schema>.schema_migrations``. :func:`migrate` runs in one
+transaction under an advisory lock keyed by the schema name, so two processes starting at once
+neither fail nor apply a migration twice.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from projections.errors import MigrationError, ProjectionUnavailable
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "MAX_SCHEMA_NAME",
+    "PROJECTION_TABLES",
+    "Migration",
+    "check_schema_name",
+    "lock_key",
+    "migrate",
+    "migrations",
+]
+
+log = structlog.get_logger(__name__)
+
+CHECKPOINT_NAME = "read_models"
+"""The one checkpoint row covering all read tables of a schema."""
+
+PROJECTION_TABLES: tuple[str, ...] = (
+    "devices",
+    "messages",
+    "inbox",
+    "tenants",
+    "projection_checkpoints",
+)
+"""Every table whose rows are projected from the log (``schema_migrations`` is not one)."""
+
+MAX_SCHEMA_NAME = 63
+"""PostgreSQL silently truncates longer identifiers (in bytes); we refuse them instead."""
+
+_LOCK_CLASS = 0x52505348  # "RPSH": first key of every advisory lock taken by projections
+_FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """Every migration shipped with the package, in version order."""
+    found: list[Migration] = []
+    for entry in resources.files("projections").joinpath("sql").iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match is None:
+            continue
+        found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version: {versions}")
+    return tuple(found)
+
+
+def check_schema_name(schema: str) -> str:
+    """Return ``schema`` if PostgreSQL can hold it unchanged, else raise ``ValueError``."""
+    if not schema or len(schema.encode()) > MAX_SCHEMA_NAME or "\x00" in schema:
+        raise ValueError(f"not a usable schema name: {schema!r}")
+    if schema == "public" or schema.startswith("pg_"):
+        raise ValueError(f"read tables never live in schema {schema!r}")
+    return schema
+
+
+def lock_key(purpose: str, schema: str) -> sql.Composed:
+    """An advisory lock key pair: ``(class, hashtext(purpose:schema))``, as SQL arguments."""
+    return sql.SQL("{}, hashtext({})").format(
+        sql.Literal(_LOCK_CLASS), sql.Literal(f"{purpose}:{schema}")
+    )
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Create ``schema`` if missing and apply the migrations it has not seen, in one
+    transaction. Safe when several processes call it at once. Raises :class:`MigrationError`
+    when a migration fails, :class:`ProjectionUnavailable` when PostgreSQL cannot be reached."""
+    check_schema_name(schema)
+    ident = sql.Identifier(schema)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                sql.SQL("SELECT pg_advisory_xact_lock({})").format(lock_key("migrate", schema))
+            )
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version integer PRIMARY KEY,"
+                    " name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(ident)
+            )
+            cur = await conn.execute(
+                sql.SQL("SELECT version FROM {}.schema_migrations").format(ident)
+            )
+            applied = {int(str(row[0])) for row in await cur.fetchall()}
+            pending = [m for m in migrations() if m.version not in applied]
+            if not pending:
+                return
+            cur = await conn.execute("SELECT current_setting('search_path')")
+            row = await cur.fetchone()
+            saved_path = str(row[0]) if row else ""
+            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+            for migration in pending:
+                await conn.execute(migration.sql.encode())
+                await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
+                    ).format(ident),
+                    (migration.version, migration.name),
+                )
+                log.info(
+                    "migration_applied",
+                    schema=schema,
+                    version=migration.version,
+                    name=migration.name,
+                )
+            await conn.execute("SELECT set_config('search_path', %s, true)", (saved_path,))
+    except psycopg.OperationalError as exc:
+        raise ProjectionUnavailable(f"migrating schema {schema!r} failed: {exc}") from exc
+    except psycopg.Error as exc:
+        raise MigrationError(f"migrating schema {schema!r} failed: {exc}") from exc
