@@ -65,6 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
     apns_ca_file: Path | None = None
     fcm_url: str = "https://fcm.googleapis.com"
+    fcm_ca_file: Path | None = None
     # logging
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -26,7 +26,9 @@ from eventstore.jetstream import JetStreamEventLog
 from projections.runner import Projector
 from projections.schema import migrate
 from relaypush.config import Settings
+from relaypush.delivery.apns import ApnsProvider
 from relaypush.delivery.dispatcher import Dispatcher
+from relaypush.delivery.fcm import FcmProvider
 from relaypush.delivery.noop import NoopProvider
 from relaypush.delivery.outcomes import Provider
 from relaypush.domain.events import ProviderType
@@ -124,7 +126,16 @@ def enabled_providers(settings: Settings) -> Callable[[str], frozenset[ProviderT
 
 
 def build_providers(settings: Settings) -> dict[str, Provider]:
-    return {"noop": NoopProvider()}
+    """The default tenant's providers: noop always, APNs and FCM when configured."""
+    providers: dict[str, Provider] = {"noop": NoopProvider()}
+    timeout = settings.send_timeout
+    apns = ApnsProvider.from_settings(settings, sandbox=False, timeout=timeout)
+    apns_sandbox = ApnsProvider.from_settings(settings, sandbox=True, timeout=timeout)
+    fcm = FcmProvider.from_settings(settings, timeout=timeout)
+    for name, provider in (("apns", apns), ("apns-sandbox", apns_sandbox), ("fcm", fcm)):
+        if provider is not None:
+            providers[name] = provider
+    return providers
 
 
 class _Server(uvicorn.Server):

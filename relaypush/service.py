@@ -22,14 +22,14 @@ from datetime import UTC, datetime
 from typing import Final
 
 from eventstore.errors import WrongExpectedVersion
-from eventstore.log import EventLog, RecordedEvent
+from eventstore.log import EventLog
+from relaypush.aggregates import TenantSuspensions, load_client
 from relaypush.domain.clients import (
     ClientEvent,
     ClientState,
     PushToClient,
     RegisterClient,
     UnregisterClient,
-    client_state,
     decide_push,
     decide_register,
     decide_unregister,
@@ -37,19 +37,15 @@ from relaypush.domain.clients import (
 )
 from relaypush.domain.events import (
     EVENT_TYPES,
-    ClientRegistered,
-    ClientUnregistered,
     DropReason,
     Event,
     NotificationAccepted,
     NotificationDropped,
     ProviderType,
-    TenantSuspended,
-    decode_event,
     encode_event,
 )
 from relaypush.domain.payload import RegisterRequest
-from relaypush.domain.streams import client_subject, subject_for, tenant_subject
+from relaypush.domain.streams import subject_for
 from relaypush.metrics import REGISTRY, Registry
 
 __all__ = [
@@ -63,8 +59,6 @@ __all__ = [
 
 #: How many times a register or unregister is retried after losing a race.
 MAX_ATTEMPTS: Final = 5
-#: How long a tenant's suspension state is trusted without reading it again (seconds).
-TENANT_CACHE_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +119,10 @@ class RelayService:
         self._enabled_providers = enabled_providers
         self._clock = clock
         self._new_id = new_id
-        self._monotonic = monotonic
+        self._suspensions = TenantSuspensions(log, monotonic=monotonic)
         self._appended = metrics.counter(
             "relaypush_events_appended_total", "Events appended to the log, by type", ("type",)
         )
-        # tenant id -> (trusted until, suspended)
-        self._suspended: dict[str, tuple[float, bool]] = {}
 
     async def register(self, tenant_id: str, req: RegisterRequest, *, request_id: str) -> None:
         """Register or re-register ``req.client_id``; appends ``client.registered``.
@@ -175,7 +167,7 @@ class RelayService:
         provider's limit, and the log's errors (``EventLogUnavailable``).
         """
         state = await self._load_client(tenant_id, client_id)
-        suspended = state.registered and await self._tenant_suspended(tenant_id)
+        suspended = state.registered and await self._suspensions.suspended(tenant_id)
         command = PushToClient(
             tenant_id=tenant_id, client_id=client_id, body=body, request_id=request_id
         )
@@ -191,10 +183,7 @@ class RelayService:
         return Duplicate(event.message_id)
 
     async def _load_client(self, tenant_id: str, client_id: str) -> ClientState:
-        record = await self._log.last(client_subject(tenant_id, client_id))
-        if record is None:
-            return client_state(None, version=0)
-        return client_state(_client_event(record), version=record.position)
+        return await load_client(self._log, tenant_id, client_id)
 
     async def _append_client_event(self, event: ClientEvent, state: ClientState) -> bool:
         """Append at the version read; False when another writer moved the client on."""
@@ -225,23 +214,6 @@ class RelayService:
             subject_for(event), encode_event(event), expected_version=expected_version
         )
         self._appended.inc(type=_TAGS[type(event)])
-
-    async def _tenant_suspended(self, tenant_id: str) -> bool:
-        """Whether the tenant's last event suspends it, read at most once a second per tenant."""
-        cached = self._suspended.get(tenant_id)
-        if cached is not None and cached[0] > self._monotonic():
-            return cached[1]
-        record = await self._log.last(tenant_subject(tenant_id))
-        suspended = record is not None and isinstance(decode_event(record.data), TenantSuspended)
-        self._suspended[tenant_id] = (self._monotonic() + TENANT_CACHE_SECONDS, suspended)
-        return suspended
-
-
-def _client_event(record: RecordedEvent) -> ClientEvent:
-    event = decode_event(record.data)
-    if not isinstance(event, ClientRegistered | ClientUnregistered):
-        raise TypeError(f"unexpected {type(event).__name__} at position {record.position}")
-    return event
 
 
 def _tag(cls: type[Event]) -> str:

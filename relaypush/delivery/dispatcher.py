@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from eventstore import ANY, Delivery, EventLog, EventLogUnavailable, WrongExpectedVersion
+from relaypush.aggregates import TenantSuspensions, load_client
 from relaypush.delivery.outcomes import (
     CredentialsInvalid,
     Delivered,
@@ -31,7 +32,6 @@ from relaypush.delivery.outcomes import (
 )
 from relaypush.domain.events import (
     Cause,
-    ClientRegistered,
     ClientUnregistered,
     Event,
     NotificationAccepted,
@@ -42,7 +42,7 @@ from relaypush.domain.events import (
     decode_event,
     encode_event,
 )
-from relaypush.domain.streams import NOTIFICATION, client_subject, notification_subject, subject_for
+from relaypush.domain.streams import NOTIFICATION, notification_subject, subject_for
 from relaypush.logs import fingerprint
 from relaypush.metrics import REGISTRY, Registry
 
@@ -76,9 +76,13 @@ class Dispatcher:
         concurrency: int = 64,
         durable: str = "dispatcher",
         send_timeout: float = 10.0,
+        retry_base: float = 1.0,
+        retry_cap: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Registry = REGISTRY,
     ) -> None:
+        """``retry_base`` and ``retry_cap`` bound the exponential backoff between attempts
+        (seconds); a provider's Retry-After, when longer, wins."""
         self._log = event_log
         self._providers = providers
         self._deadline = timedelta(seconds=deadline)
@@ -86,6 +90,9 @@ class Dispatcher:
         self._durable = durable
         self._send_timeout = send_timeout
         self._clock = clock
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._suspensions = TenantSuspensions(event_log)
         self._inflight: set[asyncio.Task[None]] = set()
         self._sends = metrics.counter(
             "relaypush_deliveries_total",
@@ -178,9 +185,8 @@ class Dispatcher:
         if now > accepted.occurred_at + self._deadline:
             await self._fail(accepted, None, attempt, "expired", cause)
             return True
-        record = await self._log.last(client_subject(t, c))
-        client = decode_event(record.data) if record is not None else None
-        if record is None or not isinstance(client, ClientRegistered):
+        client = await load_client(self._log, t, c)
+        if not client.registered or client.provider is None or client.token is None:
             await self._fail(accepted, None, attempt, "client_unregistered", cause)
             return True
         provider = self._providers.get(client.provider)
@@ -188,9 +194,15 @@ class Dispatcher:
             await self._fail(accepted, client.provider, attempt, "provider_not_configured", cause)
             return True
         target = Target(tenant_id=t, client_id=c, provider=client.provider, token=client.token)
+        if await self._suspensions.suspended(t):
+            # nothing goes out for a suspended tenant; what is owed waits for new credentials
+            outcome: Outcome = Retry("tenant_suspended")
+            return await self._record(
+                accepted, target, client.version, outcome, attempt, 0.0, cause, delivery
+            )
         started = time.monotonic()
         try:
-            outcome: Outcome = await asyncio.wait_for(
+            outcome = await asyncio.wait_for(
                 provider.send(accepted, target), timeout=self._send_timeout
             )
         except TimeoutError:
@@ -210,7 +222,7 @@ class Dispatcher:
             latency_ms=round(latency * 1000, 2),
         )
         return await self._record(
-            accepted, target, record.position, outcome, attempt, latency, cause, delivery
+            accepted, target, client.version, outcome, attempt, latency, cause, delivery
         )
 
     async def _record(
@@ -281,7 +293,9 @@ class Dispatcher:
                 await self._fail(accepted, target.provider, attempt, reason, cause)
                 return True
             case Retry(reason=reason, after=after):
-                delay = max(after or 0.0, backoff(attempt))
+                delay = max(
+                    after or 0.0, backoff(attempt, base=self._retry_base, cap=self._retry_cap)
+                )
                 next_at = self._clock() + timedelta(seconds=delay)
                 if next_at > accepted.occurred_at + self._deadline:
                     await self._fail(

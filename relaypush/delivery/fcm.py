@@ -358,6 +358,8 @@ class FcmProvider:
             raise ConfigError(f"cannot read RELAYPUSH_FCM_CREDENTIALS_FILE {path}: {exc}") from exc
         if not isinstance(info, dict):
             raise ConfigError(f"RELAYPUSH_FCM_CREDENTIALS_FILE {path} is not a JSON object")
+        if settings.fcm_ca_file is not None:
+            options.setdefault("verify", settings.fcm_ca_file)
         try:
             return cls.from_service_account(info, base_url=settings.fcm_url, **options)
         except ServiceAccountError as exc:
