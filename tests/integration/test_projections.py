@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,17 +22,7 @@ import pytest
 import pytest_asyncio
 from psycopg import sql
 
-from eventstore import (
-    REST,
-    AppendResult,
-    Delivery,
-    EventLog,
-    JetStreamEventLog,
-    RecordedEvent,
-    Subject,
-    SubjectFilter,
-    Subscription,
-)
+from eventstore import EventLog, JetStreamEventLog
 from projections import (
     Projector,
     apply_records,
@@ -63,6 +53,7 @@ from relaypush.domain.events import (
     encode_event,
 )
 from relaypush.domain.streams import subject_for
+from tests.integration.eventlog_faults import LaggingLog, LossyLog, NoAckLog, ReplayingLog
 
 pytestmark = pytest.mark.integration
 
@@ -336,185 +327,6 @@ async def equals_rebuild(env: Env) -> list[str]:
     reference = env.other("ref")
     await rebuild_into(env.log, env.url, reference)
     return await compare_schemas(env.url, env.schema, reference)
-
-
-# -- event-log wrappers that inject faults -----------------------------------------------------
-
-
-class WrappedLog:
-    """The real log, with subscriptions a subclass may alter."""
-
-    def __init__(self, inner: EventLog) -> None:
-        self.inner = inner
-
-    async def append(
-        self,
-        subject: Subject,
-        data: bytes,
-        *,
-        idempotency_key: str | None = None,
-        expected_version: int | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> AppendResult:
-        return await self.inner.append(
-            subject,
-            data,
-            idempotency_key=idempotency_key,
-            expected_version=expected_version,
-            headers=headers,
-        )
-
-    async def last(self, subject: Subject) -> RecordedEvent | None:
-        return await self.inner.last(subject)
-
-    def read(
-        self,
-        subject_filter: SubjectFilter = (REST,),
-        *,
-        from_position: int = 1,
-        to_position: int | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read(subject_filter, from_position=from_position, to_position=to_position)
-
-    async def last_position(self) -> int:
-        return await self.inner.last_position()
-
-    async def subscribe(
-        self,
-        durable: str,
-        subject_filter: SubjectFilter = (REST,),
-        *,
-        ack_wait: float = 30.0,
-        max_ack_pending: int = 1000,
-        from_position: int | None = None,
-    ) -> Subscription:
-        inner = await self.inner.subscribe(
-            durable,
-            subject_filter,
-            ack_wait=ack_wait,
-            max_ack_pending=max_ack_pending,
-            from_position=from_position,
-        )
-        return self.wrap(inner)
-
-    def wrap(self, subscription: Subscription) -> Subscription:
-        return subscription
-
-    async def close(self) -> None:
-        """The test owns the inner log."""
-
-
-class UnackedDelivery:
-    """A delivery whose ack is lost: the process died right after its commit."""
-
-    def __init__(self, inner: Delivery) -> None:
-        self.inner = inner
-
-    @property
-    def event(self) -> RecordedEvent:
-        return self.inner.event
-
-    @property
-    def num_delivered(self) -> int:
-        return self.inner.num_delivered
-
-    async def ack(self) -> None:
-        return
-
-    async def nak(self, delay: float | None = None) -> None:
-        await self.inner.nak(delay)
-
-    async def in_progress(self) -> None:
-        await self.inner.in_progress()
-
-
-class FilteredSubscription:
-    """A subscription whose fetched batches pass through ``alter``."""
-
-    def __init__(self, inner: Subscription, owner: FaultyLog) -> None:
-        self.inner = inner
-        self.owner = owner
-
-    async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
-        return self.owner.alter(await self.inner.fetch(max_messages, timeout))
-
-    async def pending(self) -> int:
-        return await self.inner.pending()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-class FaultyLog(WrappedLog):
-    """Base of the fault injectors: ``alter`` sees every fetched batch."""
-
-    def wrap(self, subscription: Subscription) -> Subscription:
-        return FilteredSubscription(subscription, self)
-
-    def alter(self, deliveries: list[Delivery]) -> list[Delivery]:
-        return deliveries
-
-
-class NoAckLog(FaultyLog):
-    """Commits happen, acks never reach the server."""
-
-    def alter(self, deliveries: list[Delivery]) -> list[Delivery]:
-        return [UnackedDelivery(d) for d in deliveries]
-
-
-class ReplayingLog(WrappedLog):
-    """Subscribes from the very start whatever the projector asks: everything comes again."""
-
-    async def subscribe(
-        self,
-        durable: str,
-        subject_filter: SubjectFilter = (REST,),
-        *,
-        ack_wait: float = 30.0,
-        max_ack_pending: int = 1000,
-        from_position: int | None = None,
-    ) -> Subscription:
-        return await super().subscribe(
-            durable,
-            subject_filter,
-            ack_wait=ack_wait,
-            max_ack_pending=max_ack_pending,
-            from_position=1,
-        )
-
-
-class LossyLog(FaultyLog):
-    """Loses the second delivery of the first batch of three or more: a gap."""
-
-    def __init__(self, inner: EventLog) -> None:
-        super().__init__(inner)
-        self.lost: list[int] = []
-
-    def alter(self, deliveries: list[Delivery]) -> list[Delivery]:
-        if self.lost or len(deliveries) < 3:
-            return deliveries
-        self.lost.append(deliveries[1].event.position)
-        return deliveries[:1] + deliveries[2:]
-
-
-class LaggingLog(WrappedLog):
-    """A log whose reads end at ``upto``: a rebuild from it is behind the live tables."""
-
-    def __init__(self, inner: EventLog, upto: int) -> None:
-        super().__init__(inner)
-        self.upto = upto
-
-    def read(
-        self,
-        subject_filter: SubjectFilter = (REST,),
-        *,
-        from_position: int = 1,
-        to_position: int | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read(subject_filter, from_position=from_position, to_position=self.upto)
-
-    async def last_position(self) -> int:
-        return min(self.upto, await self.inner.last_position())
 
 
 @asynccontextmanager
