@@ -1,6 +1,6 @@
 """Benchmark: signed ``POST /clients/{id}`` pushes at rising concurrency, next to bare JetStream.
 
-    .venv/bin/python bench/push.py [--requests 6000] [--concurrency 8,16,32,64,128]
+    .venv/bin/python -m bench.push [--requests 6000] [--concurrency 8,16,32,64,128]
 
 Starts its own NATS JetStream (embedded, free port, temporary store) and one ``relaypush api``
 process, registers noop clients, then for each concurrency sends pre-signed pushes with unique
@@ -31,10 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nats.js.api import StorageType, StreamConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from loadgen import build_request, percentile, run_load
-
+from bench.loadgen import build_request, percentile, run_load
 from relaypush.auth.relay_signature import make_relay_signature
 from relaypush.embedded import EmbeddedNats
 

@@ -56,6 +56,10 @@ class TenantSuspensions:
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, bool]] = {}
 
+    def mark(self, tenant_id: str, suspended: bool) -> None:
+        """Record a change this process itself appended, so it takes effect here at once."""
+        self._cache[tenant_id] = (self._monotonic() + self._ttl, suspended)
+
     async def suspended(self, tenant_id: str) -> bool:
         cached = self._cache.get(tenant_id)
         if cached is not None and cached[0] > self._monotonic():

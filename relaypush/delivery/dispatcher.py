@@ -279,15 +279,18 @@ class Dispatcher:
                 await self._fail(
                     accepted, target.provider, attempt, f"credentials_invalid: {reason}", cause
                 )
-                await self._append(
-                    TenantSuspended(
-                        event_id=_new_id(),
-                        occurred_at=self._clock(),
-                        tenant_id=accepted.tenant_id,
-                        cause=cause,
-                        reason=reason,
+                if not await self._suspensions.suspended(accepted.tenant_id):
+                    # several sends may fail at once: the first one suspends the tenant
+                    self._suspensions.mark(accepted.tenant_id, True)
+                    await self._append(
+                        TenantSuspended(
+                            event_id=_new_id(),
+                            occurred_at=self._clock(),
+                            tenant_id=accepted.tenant_id,
+                            cause=cause,
+                            reason=reason,
+                        )
                     )
-                )
                 return True
             case Rejected(reason=reason):
                 await self._fail(accepted, target.provider, attempt, reason, cause)
@@ -296,14 +299,21 @@ class Dispatcher:
                 delay = max(
                     after or 0.0, backoff(attempt, base=self._retry_base, cap=self._retry_cap)
                 )
-                next_at = self._clock() + timedelta(seconds=delay)
+                now = self._clock()
+                next_at = now + timedelta(seconds=delay)
                 if next_at > accepted.occurred_at + self._deadline:
                     await self._fail(
                         accepted, target.provider, attempt, f"expired: {reason}", cause
                     )
                     return True
                 await self._fail(
-                    accepted, target.provider, attempt, reason, cause, next_attempt_at=next_at
+                    accepted,
+                    target.provider,
+                    attempt,
+                    reason,
+                    cause,
+                    next_attempt_at=next_at,
+                    now=now,
                 )
                 await delivery.nak(delay)
                 return False
@@ -317,10 +327,11 @@ class Dispatcher:
         cause: Cause,
         *,
         next_attempt_at: datetime | None = None,
+        now: datetime | None = None,
     ) -> None:
         event = NotificationDeliveryFailed(
             event_id=_new_id(),
-            occurred_at=self._clock(),
+            occurred_at=now or self._clock(),
             tenant_id=accepted.tenant_id,
             cause=cause,
             client_id=accepted.client_id,

@@ -30,6 +30,7 @@ from relaypush.http.app import create_app
 from relaypush.metrics import Registry
 from relaypush.runtime import enabled_providers
 from relaypush.service import RelayService
+from tests.asgi import asgi_client
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +66,7 @@ async def fx_stack(nats_url: str, database_url: str, unique_name: str) -> AsyncI
         asyncio.create_task(projector.run(stop)),
     ]
     try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://relaypush") as client:
+        async with asgi_client(app) as client:
             yield Stack(client, log, database_url, unique_name, noop)
     finally:
         stop.set()
