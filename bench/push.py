@@ -118,6 +118,7 @@ async def main() -> None:
                 "RELAYPUSH_LOG_LEVEL": "warning",
                 "RELAYPUSH_STREAM_NAME": "BENCH",
                 "RELAYPUSH_SUBJECT_PREFIX": "bench",
+                "RELAYPUSH_RATE_LIMIT_PER_MINUTE": "0",
             }
             relaypush = Path(sys.executable).with_name("relaypush")
             proc = subprocess.Popen([str(relaypush), "api"], env=env)

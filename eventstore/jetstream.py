@@ -461,7 +461,8 @@ class _JetStreamSubscription:
     async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
         try:
             msgs = await self._psub.fetch(batch=max_messages, timeout=max(timeout, 0.01))
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):
+            # nats-py raises its own TimeoutError or, when its deadline runs out, asyncio's
             return []
         except (nats.errors.Error, OSError) as exc:
             raise _translate(exc) from exc
