@@ -66,6 +66,16 @@ async def _status(settings: Settings) -> None:
             print(f"{name}: position {position}, lag {head - position}, updated {updated_at}")
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (it is, with uvicorn[standard] on Linux)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaypush", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relaypush {version('relaypush')}")
@@ -99,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     name = args.action if args.command == "projections" else args.command
     try:
-        asyncio.run(commands[name](settings))
+        _run(commands[name](settings))
     except KeyboardInterrupt:
         return 130
     return 0
