@@ -23,6 +23,7 @@ from eventstore.log import (
     Wildcard,
 )
 from eventstore.memory import InMemoryEventLog
+from eventstore.once import InMemoryOnce, JetStreamOnce, Once
 
 __all__ = [
     "ANY",
@@ -33,8 +34,11 @@ __all__ = [
     "EventLogUnavailable",
     "EventStoreError",
     "InMemoryEventLog",
+    "InMemoryOnce",
     "InvalidSubject",
     "JetStreamEventLog",
+    "JetStreamOnce",
+    "Once",
     "RecordedEvent",
     "Subject",
     "SubjectFilter",

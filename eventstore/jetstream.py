@@ -45,6 +45,7 @@ from eventstore.log import (
     Subscription,
     Wildcard,
 )
+from eventstore.once import JetStreamOnce
 from eventstore.subjects import decode_subject, encode_filter, encode_subject
 
 __all__ = ["JetStreamEventLog"]
@@ -329,6 +330,12 @@ class JetStreamEventLog:
         except (nats.errors.Error, OSError) as exc:
             raise _translate(exc) from exc
         return _JetStreamSubscription(self, psub, durable)
+
+    async def once(self, name: str, *, ttl: float, replicas: int = 1) -> JetStreamOnce:
+        """A claim-once store (``eventstore.once``) named ``<stream>_<name>`` on this server."""
+        return await JetStreamOnce.open(
+            self._js, f"{self._stream}_{name}", ttl=ttl, replicas=replicas
+        )
 
     async def close(self) -> None:
         """Close the connection if this log opened it."""
