@@ -14,6 +14,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from eventstore.once import Once
 from relaypush.auth.relay_signature import RelaySignatureVerifier
 from relaypush.config import Settings
 from relaypush.http.errors import EXCEPTION_HANDLERS
@@ -33,6 +34,7 @@ def create_app(
     service: RelayService,
     metrics: Registry = REGISTRY,
     ready: Callable[[], Awaitable[bool]] | None = None,
+    replay_guard: Once | None = None,
 ) -> Litestar:
     """The relay API over ``service``, configured by ``settings``.
 
@@ -49,6 +51,7 @@ def create_app(
         audience=settings.base_url,
         require_client_auth=settings.require_client_auth,
         verifier=verifier,
+        replay_guard=replay_guard,
     )
     limiter = RateLimiter(settings.rate_limit_per_minute, trusted_proxies=settings.trusted_proxies)
     app = Litestar(

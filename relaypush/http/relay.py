@@ -19,6 +19,7 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Guard
 
+from eventstore.once import Once
 from relaypush.auth.client_jwt import AUTHORIZATION_HEADER, verify_client_jwt
 from relaypush.auth.relay_signature import (
     SIGNATURE_HEADER,
@@ -63,6 +64,8 @@ class RelayContext:
     audience: str
     require_client_auth: bool
     verifier: RelaySignatureVerifier | None
+    #: shared by all API processes; None when one process's own memory of signatures suffices
+    replay_guard: Once | None = None
 
 
 def _json(status: int, body: bytes = OK_BODY) -> Response[bytes]:
@@ -127,6 +130,14 @@ async def unregister_client(
     return _json(200)
 
 
+async def _claim_signature(guard: Once, signature: str) -> None:
+    """Refuse a signature another API process already accepted within the window."""
+    if not await guard.claim(signature.lower()):
+        raise Unauthorized(
+            fields=(FieldError(SIGNATURE_HEADER, "signature already used (replayed)", "header"),)
+        )
+
+
 async def push_notification(
     request: AnyRequest, relay: NamedDependency[RelayContext]
 ) -> Response[bytes]:
@@ -137,6 +148,8 @@ async def push_notification(
     if verifier is not None:
         signature = request.headers.get(SIGNATURE_HEADER)
         verifier.verify(signature, request.headers.get(TIMESTAMP_HEADER), body)
+        if relay.replay_guard is not None and signature is not None:
+            await _claim_signature(relay.replay_guard, signature)
     tenant_id = _tenant_of(request)
     client_id = _client_of(request)
     try:
@@ -149,6 +162,8 @@ async def push_notification(
         # Nothing durable depends on this signature: let the relay retry with the same one.
         if verifier is not None and signature is not None:
             verifier.forget(signature)
+            if relay.replay_guard is not None:
+                await relay.replay_guard.release(signature.lower())
         raise
     match outcome:
         case Accepted():
