@@ -99,6 +99,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", default="8,16,32,64,128")
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--bare", type=int, default=20000, help="bare publishes for the ceiling")
+    parser.add_argument("--api-workers", type=int, default=2, help="RELAYPUSH_API_WORKERS")
     args = parser.parse_args()
     steps = [int(c) for c in args.concurrency.split(",")]
 
@@ -119,6 +120,7 @@ async def main() -> None:
                 "RELAYPUSH_STREAM_NAME": "BENCH",
                 "RELAYPUSH_SUBJECT_PREFIX": "bench",
                 "RELAYPUSH_RATE_LIMIT_PER_MINUTE": "0",
+                "RELAYPUSH_API_WORKERS": str(args.api_workers),
             }
             relaypush = Path(sys.executable).with_name("relaypush")
             proc = subprocess.Popen([str(relaypush), "api"], env=env)

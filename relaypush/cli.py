@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -81,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relaypush {version('relaypush')}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="API, dispatcher and projector in one process")
-    sub.add_parser("api", help="the HTTP API alone")
+    api = sub.add_parser("api", help="the HTTP API alone")
+    api.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("dispatcher", help="the delivery dispatcher alone")
     sub.add_parser("projector", help="the read-table projector alone")
     proj = sub.add_parser("projections", help="operate the read tables")
@@ -107,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rebuild": _rebuild,
         "status": _status,
     }
+    if args.command == "api":
+        commands["api"] = functools.partial(runtime.run_api, worker=args.worker)
     name = args.action if args.command == "projections" else args.command
     try:
         _run(commands[name](settings))

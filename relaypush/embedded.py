@@ -60,6 +60,7 @@ __all__ = [
     "EmbeddedNats",
     "EmbeddedPostgres",
     "EmbeddedServerError",
+    "die_with_parent",
     "find_nats_server",
     "find_postgres_bindir",
     "free_port",
@@ -159,7 +160,7 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get ``sig`` when this process dies, or None.
 
     Linux only (``prctl(PR_SET_PDEATHSIG)``), and only from the main thread: the kernel sends the
@@ -474,7 +475,7 @@ class _EmbeddedServer:
                 user=None if run_as is None else run_as.uid,
                 group=None if run_as is None else run_as.gid,
                 extra_groups=None if run_as is None else list(run_as.groups),
-                preexec_fn=_die_with_parent(parent_death_signal),
+                preexec_fn=die_with_parent(parent_death_signal),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise EmbeddedServerError(f"could not start {argv[0]}: {exc}") from exc

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,7 @@ from relaypush.delivery.fcm import FcmProvider
 from relaypush.delivery.noop import NoopProvider
 from relaypush.delivery.outcomes import Provider
 from relaypush.domain.events import ProviderType
-from relaypush.embedded import EmbeddedNats, EmbeddedPostgres
+from relaypush.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from relaypush.http.app import create_app
 from relaypush.service import RelayService
 
@@ -46,6 +51,7 @@ class Backends:
     event_log: JetStreamEventLog
     database_url: str
     settings: Settings
+    nats_url: str
 
 
 RUNTIME_FILE = "runtime.json"
@@ -109,7 +115,12 @@ async def open_backends(settings: Settings, *, database: bool = True) -> AsyncIt
             if database_url is not None:
                 async with await psycopg.AsyncConnection.connect(database_url) as conn:
                     await migrate(conn, settings.database_schema)
-            yield Backends(event_log=event_log, database_url=database_url or "", settings=settings)
+            yield Backends(
+                event_log=event_log,
+                database_url=database_url or "",
+                settings=settings,
+                nats_url=nats_url,
+            )
         finally:
             await event_log.close()
 
@@ -152,26 +163,79 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _api(backends: Backends, stop: asyncio.Event) -> None:
+def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """The API's listening socket; with ``reuse_port`` several processes share the port and
+    the kernel spreads connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _spawn_api_worker(backends: Backends) -> subprocess.Popen[bytes]:
+    """Another API process on the same port and the same NATS; it dies with this one."""
+    env = dict(os.environ)
+    env["RELAYPUSH_NATS_URL"] = backends.nats_url
+    env["RELAYPUSH_API_WORKERS"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "relaypush.cli", "api", "--worker"],
+        env=env,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+    )
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    for proc in workers:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in workers:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False) -> None:
+    """Serve the HTTP API. With ``api_workers`` > 1 this process also starts the other workers;
+    all of them share the port (SO_REUSEPORT) and one memory of relay signatures."""
     settings = backends.settings
+    shared = worker or settings.api_workers > 1
+    guard = (
+        await backends.event_log.once("REPLAY", ttl=settings.signature_max_age * 2)
+        if shared and settings.relay_public_key
+        else None
+    )
     service = RelayService(backends.event_log, enabled_providers=enabled_providers(settings))
-    app = create_app(settings=settings, service=service)
+    app = create_app(settings=settings, service=service, replay_guard=guard)
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
         log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
     server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    stopper.cancel()
-    await task
+    sock = _listen(settings.host, settings.port, reuse_port=shared)
+    workers = (
+        [] if worker else [_spawn_api_worker(backends) for _ in range(settings.api_workers - 1)]
+    )
+    try:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopper.cancel()
+        await task
+    finally:
+        sock.close()
+        await asyncio.to_thread(_stop_workers, workers)
     stop.set()
 
 
@@ -223,8 +287,10 @@ async def serve(settings: Settings) -> None:
     await _run(settings, (_api, _dispatcher, _projector), database=True)
 
 
-async def run_api(settings: Settings) -> None:
-    await _run(settings, (_api,), database=False)
+async def run_api(settings: Settings, *, worker: bool = False) -> None:
+    """The API alone; ``worker`` marks a process started by another API process."""
+    part = functools.partial(_api, worker=True) if worker else _api
+    await _run(settings, (part,), database=False)
 
 
 async def run_dispatcher(settings: Settings) -> None:
