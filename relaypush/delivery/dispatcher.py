@@ -10,11 +10,13 @@ processes share one durable consumer; a crash before the ack makes the event com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -62,6 +64,21 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0, rand: float 
     span = min(cap, base * 2 ** max(0, attempt - 1))
     jitter: float = random.random()  # noqa: S311 - jitter, not cryptography
     return float(span * (1 - rand) + span * rand * jitter)
+
+
+async def _unless_stopped(
+    work: Coroutine[Any, Any, list[Delivery]], stop: asyncio.Event
+) -> list[Delivery]:
+    """``work``'s result, or an empty list as soon as ``stop`` is set (``work`` is cancelled:
+    events a cancelled fetch had taken come back after the ack wait)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return []
 
 
 class Dispatcher:
@@ -127,10 +144,11 @@ class Dispatcher:
                     await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    deliveries = await sub.fetch(min(free, 256), timeout=1.0)
+                    deliveries = await _unless_stopped(sub.fetch(min(free, 256), timeout=1.0), stop)
                 except EventLogUnavailable:
                     log.warning("dispatcher_fetch_failed")
-                    await asyncio.wait_for(stop.wait(), timeout=1.0) if not stop.is_set() else None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=1.0)
                     continue
                 for delivery in deliveries:
                     task = asyncio.create_task(self._handle(delivery))
