@@ -122,6 +122,11 @@ class Dispatcher:
         self._accept_to_delivered = metrics.histogram(
             "relaypush_accept_to_delivered_seconds", "Time from acceptance to delivery"
         )
+        self._attempts = metrics.histogram(
+            "relaypush_delivery_attempts",
+            "Attempts a notification took, observed when it is delivered or fails for good",
+            buckets=(1, 2, 3, 5, 8, 13, 21),
+        )
         self._inflight_gauge = metrics.gauge("relaypush_dispatcher_inflight", "Sends under way")
         self._lag = metrics.gauge(
             "relaypush_dispatcher_lag", "Accepted notifications not yet fetched"
@@ -272,6 +277,7 @@ class Dispatcher:
                     await self._append(event, expected_version=0)
                 except WrongExpectedVersion:
                     log.warning("delivered_twice", message_id=accepted.message_id)
+                self._attempts.observe(attempt)
                 self._accept_to_delivered.observe(
                     (event.occurred_at - accepted.occurred_at).total_seconds()
                 )
@@ -347,6 +353,8 @@ class Dispatcher:
         next_attempt_at: datetime | None = None,
         now: datetime | None = None,
     ) -> None:
+        if next_attempt_at is None:
+            self._attempts.observe(attempt)
         event = NotificationDeliveryFailed(
             event_id=_new_id(),
             occurred_at=now or self._clock(),
