@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     trusted_proxies: tuple[str, ...] = ()
     max_body_size: int = 1024 * 1024
     api_workers: int = 1
+    metrics_port: int | None = None
     # delivery
     delivery_deadline: float = 86400.0
     dispatcher_concurrency: int = 64

@@ -39,6 +39,8 @@ from relaypush.delivery.outcomes import Provider
 from relaypush.domain.events import ProviderType
 from relaypush.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from relaypush.http.app import create_app
+from relaypush.metrics import REGISTRY
+from relaypush.metrics_server import serve_metrics
 from relaypush.service import RelayService
 
 __all__ = ["Backends", "open_backends", "run_api", "run_dispatcher", "run_projector", "serve"]
@@ -268,10 +270,18 @@ async def _run(
     parts: tuple[Callable[[Backends, asyncio.Event], Coroutine[Any, Any, None]], ...],
     *,
     database: bool,
+    metrics: bool = False,
 ) -> None:
+    """Run ``parts`` until a signal or the first failure; ``metrics`` serves ``/metrics`` on
+    ``RELAYPUSH_METRICS_PORT`` (for parts that have no HTTP API of their own)."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    async with open_backends(settings, database=database) as backends:
+    async with contextlib.AsyncExitStack() as stack:
+        backends = await stack.enter_async_context(open_backends(settings, database=database))
+        if metrics and settings.metrics_port is not None:
+            await stack.enter_async_context(
+                serve_metrics(REGISTRY, settings.host, settings.metrics_port)
+            )
         tasks = [asyncio.create_task(part(backends, stop)) for part in parts]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
@@ -294,8 +304,8 @@ async def run_api(settings: Settings, *, worker: bool = False) -> None:
 
 
 async def run_dispatcher(settings: Settings) -> None:
-    await _run(settings, (_dispatcher,), database=False)
+    await _run(settings, (_dispatcher,), database=False, metrics=True)
 
 
 async def run_projector(settings: Settings) -> None:
-    await _run(settings, (_projector,), database=True)
+    await _run(settings, (_projector,), database=True, metrics=True)
