@@ -50,6 +50,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rate_limit_per_minute: int = 100
     trusted_proxies: tuple[str, ...] = ()
     max_body_size: int = 1024 * 1024
+    # tenants' provider credentials, sealed at rest (relaypush.tenancy)
+    credentials_key: str | None = None
+    credentials_old_keys: tuple[str, ...] = ()
+    credentials_schema: str = "relaypush_credentials"
+    fcm_token_hosts: tuple[str, ...] = ("oauth2.googleapis.com",)
     api_workers: int = 1
     metrics_port: int | None = None
     # delivery

@@ -13,9 +13,11 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPES",
+    "ApnsType",
     "Cause",
     "ClientRegistered",
     "ClientUnregistered",
+    "CredentialKind",
     "Event",
     "InboxRead",
     "NotificationAccepted",
@@ -41,6 +43,7 @@ ProviderType = Literal["apns", "apns-sandbox", "fcm", "noop"]
 UnregisterReason = Literal["requested", "token_invalid", "superseded", "tenant_deleted"]
 DropReason = Literal["client_not_registered", "tenant_suspended"]
 CredentialKind = Literal["apns", "fcm_v1"]
+ApnsType = Literal["token", "certificate"]
 
 
 class Cause(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -153,10 +156,18 @@ class TenantCreated(Event, frozen=True, kw_only=True, tag="tenant.created"):
 
 
 class TenantCredentialsChanged(Event, frozen=True, kw_only=True, tag="tenant.credentials_changed"):
-    """Which credential changed and its fingerprint: never the secret itself."""
+    """Which credential changed and its fingerprint: never the secret itself.
+
+    The optional fields carry what is public about the credential, so that the tenant's
+    configuration can be read from its events alone: the APNs topic (the app's bundle id) and
+    whether APNs authenticates with a token key or a certificate, or the FCM project id.
+    """
 
     kind: CredentialKind
     fingerprint: str
+    apns_topic: str | None = None
+    apns_type: ApnsType | None = None
+    fcm_project_id: str | None = None
 
 
 class TenantCredentialsRemoved(Event, frozen=True, kw_only=True, tag="tenant.credentials_removed"):
