@@ -259,11 +259,16 @@ class JetStreamEventLog:
         *,
         from_position: int = 1,
         to_position: int | None = None,
+        from_time: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Events matching the filter in position order, up to ``to_position`` (inclusive) or
-        to the last position at the time of the call, whichever comes first."""
+        to the last position at the time of the call, whichever comes first; with
+        ``from_time``, from the first event the stream stored at or after it (the consumer
+        starts by time and the positions before ``from_position`` are skipped)."""
         wire = encode_filter(self._prefix, subject_filter)
         start = max(from_position, 1)
+        if from_time is not None and from_time.tzinfo is None:
+            raise ValueError("from_time must be timezone-aware")
         literal = not any(isinstance(token, Wildcard) for token in subject_filter)
         if literal:
             newest = await self.last(cast(Subject, subject_filter))
@@ -272,7 +277,7 @@ class JetStreamEventLog:
             end = await self.last_position()
         if to_position is not None:
             end = min(end, to_position)
-        if literal:
+        if literal and from_time is None:
             for _ in range(_DIRECT_READS):
                 if start > end:
                     return
@@ -282,7 +287,7 @@ class JetStreamEventLog:
                 yield event
                 start = event.position + 1
         if start <= end:
-            async with aclosing(self._consume(wire, start, end)) as events:
+            async with aclosing(self._consume(wire, start, end, from_time)) as events:
                 async for event in events:
                     yield event
 
@@ -354,10 +359,11 @@ class JetStreamEventLog:
         return self._from_raw(raw)
 
     async def _consume(
-        self, wire: str, start: int, end: int
+        self, wire: str, start: int, end: int, start_time: datetime | None = None
     ) -> AsyncGenerator[RecordedEvent, None]:
         """Stream ``start..end`` through an ephemeral pull consumer, fetched in large batches,
-        two requests in flight."""
+        two requests in flight. With ``start_time`` the consumer starts at the first message
+        stored at or after it, and messages before ``start`` are skipped."""
         config = api.ConsumerConfig(
             filter_subject=wire,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
@@ -367,6 +373,10 @@ class JetStreamEventLog:
             num_replicas=1,
             inactive_threshold=60.0,
         )
+        if start_time is not None:
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_seq = None
+            config.opt_start_time = start_time
         inbox = self._nc.new_inbox()
         arrived: deque[Msg] = deque()
         wake = asyncio.Event()
@@ -417,7 +427,8 @@ class JetStreamEventLog:
                 _, seq, stamp_ns, pending = _ack_metadata(msg.reply)
                 if seq > end:
                     return
-                yield self._from_msg(msg, seq, stamp_ns)
+                if seq >= start:
+                    yield self._from_msg(msg, seq, stamp_ns)
                 if seq >= end or pending == 0:
                     return
         except (nats.errors.Error, OSError) as exc:

@@ -128,9 +128,14 @@ class EventLog(Protocol):
         *,
         from_position: int = 1,
         to_position: int | None = None,
+        from_time: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Events matching the filter in position order, from ``from_position`` up to
-        ``to_position`` (inclusive) or to the last position at the time of the call."""
+        ``to_position`` (inclusive) or to the last position at the time of the call.
+
+        With ``from_time`` (timezone-aware), the read also starts no earlier than the first
+        event recorded at or after that time, and goes on from there whatever the times of the
+        later events (recorded times rise with positions, as the log's clock does)."""
         ...
 
     async def last_position(self) -> int:

@@ -120,12 +120,19 @@ class InMemoryEventLog:
         *,
         from_position: int = 1,
         to_position: int | None = None,
+        from_time: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        """Events matching the filter in position order, up to ``to_position`` or the end."""
+        """Events matching the filter in position order, up to ``to_position`` or the end,
+        starting no earlier than the first event recorded at or after ``from_time``."""
         self._check_open()
         encode_filter(self._prefix, subject_filter)
         end = len(self._events) if to_position is None else min(to_position, len(self._events))
-        for index in range(max(from_position, 1) - 1, end):
+        start = max(from_position, 1) - 1
+        if from_time is not None:
+            if from_time.tzinfo is None:
+                raise ValueError("from_time must be timezone-aware")
+            start = max(start, self._first_index_at(from_time))
+        for index in range(start, end):
             event = self._events[index]
             if matches(subject_filter, event.subject):
                 yield event
@@ -161,6 +168,13 @@ class InMemoryEventLog:
         """Refuse further use; wakes fetchers so that they notice."""
         self._closed = True
         self._notify()
+
+    def _first_index_at(self, when: datetime) -> int:
+        """The index of the first event recorded at or after ``when`` (the length if none)."""
+        for index, event in enumerate(self._events):
+            if event.recorded_at >= when:
+                return index
+        return len(self._events)
 
     def _seen(self, key: str) -> int | None:
         horizon = self._now() - self._window

@@ -288,11 +288,15 @@ async def test_read_from_and_to_positions(event_log: EventLog) -> None:
     for i in range(1, 11):
         await event_log.append(("even" if i % 2 == 0 else "odd",), str(i).encode())
 
-    async def positions(**kwargs: int) -> list[int]:
-        return [e.position for e in await collect(event_log.read((REST,), **kwargs))]
+    async def positions(from_position: int = 1, to_position: int | None = None) -> list[int]:
+        events = event_log.read((REST,), from_position=from_position, to_position=to_position)
+        return [e.position for e in await collect(events)]
 
-    async def positions_of(subject: str, **kwargs: int) -> list[int]:
-        return [e.position for e in await collect(event_log.read((subject,), **kwargs))]
+    async def positions_of(
+        subject: str, from_position: int = 1, to_position: int | None = None
+    ) -> list[int]:
+        events = event_log.read((subject,), from_position=from_position, to_position=to_position)
+        return [e.position for e in await collect(events)]
 
     assert await positions(from_position=4) == [4, 5, 6, 7, 8, 9, 10]
     assert await positions(from_position=4, to_position=6) == [4, 5, 6]
@@ -304,6 +308,50 @@ async def test_read_from_and_to_positions(event_log: EventLog) -> None:
     assert await positions_of("even", from_position=3, to_position=8) == [4, 6, 8]
     assert await positions_of("odd", from_position=4) == [5, 7, 9]
     assert await positions_of("odd", to_position=4) == [1, 3]
+
+
+async def test_read_from_a_time(event_log: EventLog) -> None:
+    """``from_time`` starts at the first event recorded at or after it; positions still bound."""
+    for i in range(1, 9):
+        await event_log.append(("even" if i % 2 == 0 else "odd",), str(i).encode())
+    stored = await collect(event_log.read())
+    times = [e.recorded_at for e in stored]
+    assert times == sorted(times)
+
+    async def positions(
+        subject: tuple[str | Wildcard, ...],
+        from_time: datetime,
+        from_position: int = 1,
+        to_position: int | None = None,
+    ) -> list[int]:
+        events = event_log.read(
+            subject, from_time=from_time, from_position=from_position, to_position=to_position
+        )
+        return [e.position for e in await collect(events)]
+
+    def expected(when: datetime, subject: str | None = None) -> list[int]:
+        first = next((i for i, t in enumerate(times) if t >= when), len(times))
+        return [e.position for e in stored[first:] if subject in (None, e.subject[0])]
+
+    for event in stored:
+        at = event.recorded_at
+        assert await positions((REST,), from_time=at) == expected(at)
+        later = at + timedelta(microseconds=1)
+        assert await positions((REST,), from_time=later) == expected(later)
+        assert await positions(("odd",), from_time=at) == expected(at, "odd")
+        assert await positions(("even",), from_time=at) == expected(at, "even")
+    assert await positions((REST,), from_time=times[0] - timedelta(days=1)) == list(range(1, 9))
+    assert await positions((REST,), from_time=times[-1] + timedelta(days=1)) == []
+    assert await positions(("odd",), from_time=times[-1] + timedelta(days=1)) == []
+    # from_position and to_position still bound the read
+    first = times[0] - timedelta(seconds=1)
+    assert await positions((REST,), from_time=first, from_position=6) == [6, 7, 8]
+    assert await positions((REST,), from_time=first, to_position=2) == [1, 2]
+    assert await positions((REST,), from_time=times[4], from_position=2, to_position=6) == [
+        p for p in expected(times[4]) if 2 <= p <= 6
+    ]
+    with pytest.raises(ValueError):
+        await collect(event_log.read(from_time=datetime(2025, 1, 1)))
 
 
 async def test_a_long_history_of_one_subject_reads_whole_and_in_order(event_log: EventLog) -> None:

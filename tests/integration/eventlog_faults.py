@@ -8,6 +8,7 @@ stop early (a rebuild from a log that lags). Used by ``test_projections.py``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 
 from eventstore import (
     REST,
@@ -55,8 +56,14 @@ class WrappedLog:
         *,
         from_position: int = 1,
         to_position: int | None = None,
+        from_time: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read(subject_filter, from_position=from_position, to_position=to_position)
+        return self.inner.read(
+            subject_filter,
+            from_position=from_position,
+            to_position=to_position,
+            from_time=from_time,
+        )
 
     async def last_position(self) -> int:
         return await self.inner.last_position()
@@ -192,8 +199,11 @@ class LaggingLog(WrappedLog):
         *,
         from_position: int = 1,
         to_position: int | None = None,
+        from_time: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read(subject_filter, from_position=from_position, to_position=self.upto)
+        return self.inner.read(
+            subject_filter, from_position=from_position, to_position=self.upto, from_time=from_time
+        )
 
     async def last_position(self) -> int:
         return min(self.upto, await self.inner.last_position())

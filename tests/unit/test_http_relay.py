@@ -109,8 +109,14 @@ class FlakyLog:
         *,
         from_position: int = 1,
         to_position: int | None = None,
+        from_time: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read(subject_filter, from_position=from_position, to_position=to_position)
+        return self.inner.read(
+            subject_filter,
+            from_position=from_position,
+            to_position=to_position,
+            from_time=from_time,
+        )
 
     async def last_position(self) -> int:
         return await self.inner.last_position()
