@@ -35,6 +35,7 @@ from eventstore.errors import (
     InvalidSubject,
     WrongExpectedVersion,
 )
+from eventstore.headers import checked_headers
 from eventstore.log import (
     REST,
     AppendResult,
@@ -56,7 +57,6 @@ _MSG_ID: Final = "Nats-Msg-Id"
 _EXPECTED_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE: Final = 10071  # JSStreamWrongLastSequenceErrF
 _STREAM_NAME_IN_USE: Final = 10058  # JSStreamNameExistErr
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ACTUAL_SEQUENCE = re.compile(r"(\d+)\s*$")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _BATCH: Final = 2048  # messages per pull request when reading
@@ -216,7 +216,7 @@ class JetStreamEventLog:
     ) -> AppendResult:
         """Store ``data`` under ``subject`` once the stream acknowledged it."""
         wire = encode_subject(self._prefix, subject)
-        hdrs = _checked_headers(headers)
+        hdrs = checked_headers(headers)
         if idempotency_key is not None:
             hdrs[_MSG_ID] = idempotency_key
         if expected_version is not None:
@@ -550,19 +550,6 @@ def _translate(exc: BaseException) -> EventStoreError:
     if isinstance(exc, nats.errors.MaxPayloadError | nats.errors.BadHeaderError):
         return EventStoreError(str(exc) or type(exc).__name__)
     return EventLogUnavailable(str(exc) or type(exc).__name__)
-
-
-def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """A fresh header dict; names must be tokens not starting ``Nats-``, values single lines
-    without surrounding space (what NATS would otherwise rewrite)."""
-    if not headers:
-        return {}
-    for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name) or name[:5].lower() == "nats-":
-            raise ValueError(f"invalid event header name {name!r}")
-        if value != value.strip() or "\r" in value or "\n" in value:
-            raise ValueError(f"event header {name!r} has surrounding space or a line break")
-    return dict(headers)
 
 
 def _user_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -10,7 +10,6 @@ Nothing is persisted; one instance lives in one event loop.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 
 from eventstore.errors import EventLogUnavailable, WrongExpectedVersion
+from eventstore.headers import checked_headers
 from eventstore.log import (
     REST,
     AppendResult,
@@ -32,8 +32,6 @@ from eventstore.log import (
 from eventstore.subjects import encode_filter, encode_subject
 
 __all__ = ["InMemoryEventLog"]
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class InMemoryEventLog:
@@ -78,7 +76,7 @@ class InMemoryEventLog:
         """Store ``data`` under ``subject`` (see :class:`~eventstore.log.EventLog`)."""
         self._check_open()
         encode_subject(self._prefix, subject)
-        user_headers = _checked_headers(headers)
+        user_headers = MappingProxyType(checked_headers(headers))
         version = self._last_by_subject.get(subject, 0)
         if idempotency_key is not None:
             seen = self._seen(idempotency_key)
@@ -266,17 +264,6 @@ def matches(subject_filter: SubjectFilter, subject: Subject) -> bool:
         elif index >= len(subject) or subject[index] != token:
             return False
     return len(subject) == len(subject_filter)
-
-
-def _checked_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
-    if not headers:
-        return MappingProxyType({})
-    for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name) or name[:5].lower() == "nats-":
-            raise ValueError(f"invalid event header name {name!r}")
-        if value != value.strip() or "\r" in value or "\n" in value:
-            raise ValueError(f"event header {name!r} has surrounding space or a line break")
-    return MappingProxyType(dict(headers))
 
 
 @dataclass(slots=True)
