@@ -8,8 +8,14 @@ and retry a few times when another writer got there first. A push reads the clie
 appends once: the ``accepted`` subject of a notification holds at most one event, so appending
 it with expected version 0 and the dedup key as idempotency key is the deduplication guard; when
 the log reports a duplicate (or the subject already holds an event) a ``notification.duplicate``
-is appended instead. Whether a tenant is suspended is read from its last tenant event and cached
-for at most a second, so the push path awaits one read and one append.
+is appended instead.
+
+A tenant other than the default one must exist (``POST /tenants``): its state is folded from its
+events and cached for at most a second (:class:`~relaypush.aggregates.TenantStatuses`, shared with
+the tenant API so that its changes apply here at once), so the push path still awaits one read
+and one append. An unknown or deleted tenant is a 400 naming ``tenant_id`` in the path; a client
+registered before its tenant was deleted and created again is not registered. Registering reads
+the tenant afresh, since which client types it may use follows its latest credentials.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Final
 
 from eventstore.errors import WrongExpectedVersion
 from eventstore.log import EventLog
-from relaypush.aggregates import TenantSuspensions, load_client
+from relaypush.aggregates import TenantStatuses, load_client
+from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.clients import (
     ClientEvent,
     ClientState,
@@ -46,6 +53,8 @@ from relaypush.domain.events import (
 )
 from relaypush.domain.payload import RegisterRequest
 from relaypush.domain.streams import subject_for
+from relaypush.domain.tenants import TenantState, unknown_tenant
+from relaypush.domain.tenants import enabled_providers as tenant_providers
 from relaypush.metrics import REGISTRY, Registry
 
 __all__ = [
@@ -111,7 +120,8 @@ class RelayService:
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Registry = REGISTRY,
     ) -> None:
-        """``enabled_providers(tenant_id)``: the client types the tenant may register.
+        """``enabled_providers(tenant_id)``: the client types the default tenant may register
+        (its credentials come from the settings); other tenants' follow their credentials.
 
         ``clock`` dates events, ``new_id`` names them, ``monotonic`` times the tenant cache.
         """
@@ -119,16 +129,27 @@ class RelayService:
         self._enabled_providers = enabled_providers
         self._clock = clock
         self._new_id = new_id
-        self._suspensions = TenantSuspensions(log, monotonic=monotonic)
+        self._tenants = TenantStatuses(log, monotonic=monotonic)
         self._appended = metrics.counter(
             "relaypush_events_appended_total", "Events appended to the log, by type", ("type",)
         )
 
+    @property
+    def log(self) -> EventLog:
+        """The event log this service appends to."""
+        return self._log
+
+    @property
+    def tenants(self) -> TenantStatuses:
+        """The tenant cache the push path reads; the tenant API shares it."""
+        return self._tenants
+
     async def register(self, tenant_id: str, req: RegisterRequest, *, request_id: str) -> None:
         """Register or re-register ``req.client_id``; appends ``client.registered``.
 
-        Raises ``InvalidRequest`` (``provider_not_available``) when the tenant cannot use the
-        client's type, ``ConcurrentUpdate`` after losing every race, and the log's errors.
+        Raises ``InvalidRequest`` for an unknown tenant or (``provider_not_available``) when
+        the tenant cannot use the client's type, ``ConcurrentUpdate`` after losing every race,
+        and the log's errors.
         """
         command = RegisterClient(
             tenant_id=tenant_id,
@@ -138,7 +159,7 @@ class RelayService:
             always_raw=req.always_raw,
             request_id=request_id,
         )
-        enabled = self._enabled_providers(tenant_id)
+        enabled = await self._enabled(tenant_id)
         for _ in range(MAX_ATTEMPTS):
             state = await self._load_client(tenant_id, req.client_id)
             event = decide_register(
@@ -149,7 +170,11 @@ class RelayService:
         raise ConcurrentUpdate(f"client {req.client_id!r} kept changing while registering")
 
     async def unregister(self, tenant_id: str, client_id: str, *, request_id: str) -> None:
-        """Unregister ``client_id`` (idempotent); appends ``client.unregistered`` every time."""
+        """Unregister ``client_id`` (idempotent); appends ``client.unregistered`` every time.
+
+        Raises ``InvalidRequest`` for an unknown tenant.
+        """
+        await self._tenant(tenant_id)
         command = UnregisterClient(tenant_id=tenant_id, client_id=client_id, request_id=request_id)
         for _ in range(MAX_ATTEMPTS):
             state = await self._load_client(tenant_id, client_id)
@@ -163,11 +188,17 @@ class RelayService:
     ) -> PushOutcome:
         """Accept, deduplicate or drop a push; appends exactly one ``notification.*`` event.
 
-        Raises ``InvalidRequest`` for a body that cannot be read or a payload over the
-        provider's limit, and the log's errors (``EventLogUnavailable``).
+        Raises ``InvalidRequest`` for an unknown tenant, a body that cannot be read or a
+        payload over the provider's limit, and the log's errors (``EventLogUnavailable``).
         """
+        tenant = await self._tenant(tenant_id)
         state = await self._load_client(tenant_id, client_id)
-        suspended = state.registered and await self._suspensions.suspended(tenant_id)
+        if tenant is not None and state.registered and state.version < tenant.epoch:
+            state = ClientState(version=state.version)  # registered with a deleted incarnation
+        if tenant is not None:
+            suspended = state.registered and tenant.suspended
+        else:
+            suspended = state.registered and await self._tenants.suspended(tenant_id)
         command = PushToClient(
             tenant_id=tenant_id, client_id=client_id, body=body, request_id=request_id
         )
@@ -181,6 +212,23 @@ class RelayService:
             return Accepted(event.message_id)
         await self._append(record_duplicate(event, event_id=self._new_id(), now=self._clock()))
         return Duplicate(event.message_id)
+
+    async def _tenant(self, tenant_id: str) -> TenantState | None:
+        """A tenant's cached state (None for the default tenant); ``InvalidRequest`` if unknown."""
+        if tenant_id == DEFAULT_TENANT:
+            return None
+        state = await self._tenants.get(tenant_id)
+        if not state.exists:
+            raise unknown_tenant(tenant_id)
+        return state
+
+    async def _enabled(self, tenant_id: str) -> frozenset[ProviderType]:
+        if tenant_id == DEFAULT_TENANT:
+            return self._enabled_providers(tenant_id)
+        state = await self._tenants.fresh(tenant_id)
+        if not state.exists:
+            raise unknown_tenant(tenant_id)
+        return tenant_providers(state)
 
     async def _load_client(self, tenant_id: str, client_id: str) -> ClientState:
         return await load_client(self._log, tenant_id, client_id)

@@ -32,6 +32,7 @@ from relaypush.delivery.outcomes import (
     Target,
     TokenInvalid,
 )
+from relaypush.delivery.registry import ProviderLookup, Unavailable, as_lookup
 from relaypush.domain.events import (
     Cause,
     ClientUnregistered,
@@ -87,7 +88,7 @@ class Dispatcher:
     def __init__(
         self,
         event_log: EventLog,
-        providers: Mapping[str, Provider],
+        providers: ProviderLookup | Mapping[str, Provider],
         *,
         deadline: float,
         concurrency: int = 64,
@@ -101,7 +102,7 @@ class Dispatcher:
         """``retry_base`` and ``retry_cap`` bound the exponential backoff between attempts
         (seconds); a provider's Retry-After, when longer, wins."""
         self._log = event_log
-        self._providers = providers
+        self._providers = as_lookup(providers)
         self._deadline = timedelta(seconds=deadline)
         self._concurrency = concurrency
         self._durable = durable
@@ -212,11 +213,22 @@ class Dispatcher:
         if not client.registered or client.provider is None or client.token is None:
             await self._fail(accepted, None, attempt, "client_unregistered", cause)
             return True
-        provider = self._providers.get(client.provider)
-        if provider is None:
-            await self._fail(accepted, client.provider, attempt, "provider_not_configured", cause)
+        provider = await self._providers.lookup(t, client.provider)
+        if isinstance(provider, Unavailable) and provider.permanent:
+            await self._fail(accepted, client.provider, attempt, provider.reason, cause)
             return True
         target = Target(tenant_id=t, client_id=c, provider=client.provider, token=client.token)
+        if isinstance(provider, Unavailable):  # the tenant's credentials cannot be had now
+            return await self._record(
+                accepted,
+                target,
+                client.version,
+                Retry(provider.reason),
+                attempt,
+                0.0,
+                cause,
+                delivery,
+            )
         if await self._suspensions.suspended(t):
             # nothing goes out for a suspended tenant; what is owed waits for new credentials
             outcome: Outcome = Retry("tenant_suspended")

@@ -51,6 +51,7 @@ from relaypush.domain.events import (
     NotifyMessage,
     ProviderType,
     RawMessage,
+    TenantCreated,
     TenantSuspended,
     TenantUnsuspended,
     decode_event,
@@ -666,6 +667,8 @@ async def test_bad_message_id_names_id(env: Env) -> None:
 
 
 async def test_tenant_routes_keep_tenants_apart(env: Env) -> None:
+    created = TenantCreated(event_id="c1", occurred_at=datetime.now(UTC), tenant_id="acme")
+    await env.log.append(tenant_subject("acme"), encode_event(created))
     assert (await env.client.post("/acme/clients", json=register_body("z6MkT"))).status_code == 200
     assert (await env.client.post("/acme/clients/z6MkT", json=legacy_body())).status_code == 202
     assert (await env.client.post("/clients/z6MkT", json=legacy_body())).status_code == 202
@@ -677,6 +680,21 @@ async def test_tenant_routes_keep_tenants_apart(env: Env) -> None:
         ("NotificationDropped", DEFAULT_TENANT),
         ("ClientUnregistered", "acme"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/nobody/clients", register_body("z6MkT")),
+        ("DELETE", "/nobody/clients/z6MkT", None),
+        ("POST", "/nobody/clients/z6MkT", legacy_body()),
+    ],
+)
+async def test_unknown_tenant_names_tenant_id_in_the_path(
+    env: Env, method: str, path: str, body: Any
+) -> None:
+    answer = await refused(env, method, path, 400, json_body=body)
+    assert fields_of(answer) == [("tenant_id", "path")]
 
 
 # every action appends exactly one event

@@ -9,6 +9,7 @@ import pytest
 
 from eventstore.log import AppendResult, RecordedEvent, Subject
 from eventstore.memory import InMemoryEventLog
+from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.errors import InvalidRequest
 from relaypush.domain.events import (
     ClientRegistered,
@@ -23,7 +24,7 @@ from relaypush.domain.streams import client_subject, tenant_subject
 from relaypush.metrics import Registry
 from relaypush.service import Accepted, ConcurrentUpdate, Dropped, Duplicate, RelayService
 
-TENANT = "t1"
+TENANT = DEFAULT_TENANT  # other tenants must be created first: see test_tenants_domain.py
 CLIENT = "z6MkClient"
 NOOP: frozenset[ProviderType] = frozenset({"noop"})
 REQUEST = RegisterRequest(client_id=CLIENT, provider="noop", token="tok", always_raw=False)
