@@ -2,9 +2,13 @@
 
     InvalidRequest               400  fields and errors as the domain named them
     Unauthorized                 401  fields name the header(s) at fault
+    TenantNotFound               404  ``tenant_not_found``, field ``id`` in the path
     RateLimited                  429  Retry-After
     EventLogUnavailable          503  Retry-After; the request may be repeated with the same id
     ConcurrentUpdate             503  Retry-After
+    TenantConflict               503  Retry-After
+    CredentialStoreUnavailable   503  ``storage_unavailable``, Retry-After
+    CredentialStorageNotConfigured  503  ``credential_storage_not_configured``
     litestar's HTTPException     its own status: 404 ``not_found``, 405 ``method_not_allowed``
                                  (with ``Allow``), 413 ``request_too_large``, ...
     any other exception          500 ``internal_error``, logged with its traceback
@@ -24,9 +28,12 @@ from litestar.types import ExceptionHandlersMap
 
 from eventstore.errors import EventLogUnavailable
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest, Unauthorized
+from relaypush.domain.tenants import TenantNotFound
 from relaypush.http.envelope import failed_body
 from relaypush.http.ratelimit import RateLimited
 from relaypush.service import ConcurrentUpdate
+from relaypush.tenancy.errors import CredentialStorageNotConfigured, CredentialStoreUnavailable
+from relaypush.tenancy.service import TenantConflict
 
 __all__ = ["EXCEPTION_HANDLERS", "error_response"]
 
@@ -74,6 +81,30 @@ def _unauthorized(_: AnyRequest, exc: Exception) -> Response[bytes]:
     return error_response(401, errors=errors, fields=exc.fields)
 
 
+def _tenant_not_found(_: AnyRequest, exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, TenantNotFound)
+    what = "no such tenant (never created, or deleted)"
+    return error_response(
+        404,
+        errors=(ErrorInfo("tenant_not_found", what),),
+        fields=(FieldError("id", what, "path"),),
+    )
+
+
+def _credentials_unavailable(request: AnyRequest, exc: Exception) -> Response[bytes]:
+    log.warning("credential_store_unavailable", path=request.url.path, error=str(exc))
+    what = "the credential store cannot be reached; retry"
+    return error_response(
+        503,
+        errors=(ErrorInfo("storage_unavailable", what),),
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+def _credentials_not_configured(_: AnyRequest, exc: Exception) -> Response[bytes]:
+    return error_response(503, errors=(ErrorInfo("credential_storage_not_configured", str(exc)),))
+
+
 def _rate_limited(_: AnyRequest, exc: Exception) -> Response[bytes]:
     assert isinstance(exc, RateLimited)
     what = f"more than {exc.limit} requests a minute from this address; retry later"
@@ -96,7 +127,11 @@ def _unavailable(request: AnyRequest, exc: Exception) -> Response[bytes]:
 
 def _conflict(request: AnyRequest, exc: Exception) -> Response[bytes]:
     log.warning("concurrent_update", path=request.url.path, error=str(exc))
-    what = "the client was changed concurrently by other requests; retry"
+    what = (
+        "the tenant was changed concurrently by other requests; retry"
+        if isinstance(exc, TenantConflict)
+        else "the client was changed concurrently by other requests; retry"
+    )
     return error_response(
         503,
         errors=(ErrorInfo("concurrent_update", what),),
@@ -137,9 +172,13 @@ def _internal(request: AnyRequest, exc: Exception) -> Response[bytes]:
 EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     InvalidRequest: _invalid_request,
     Unauthorized: _unauthorized,
+    TenantNotFound: _tenant_not_found,
     RateLimited: _rate_limited,
     EventLogUnavailable: _unavailable,
     ConcurrentUpdate: _conflict,
+    TenantConflict: _conflict,
+    CredentialStoreUnavailable: _credentials_unavailable,
+    CredentialStorageNotConfigured: _credentials_not_configured,
     HTTPException: _http_exception,
     Exception: _internal,
 }
