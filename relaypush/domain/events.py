@@ -12,8 +12,10 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "AUDIT_TENANT",
     "EVENT_TYPES",
     "ApnsType",
+    "AuditCheckpoint",
     "Cause",
     "ClientRegistered",
     "ClientUnregistered",
@@ -186,6 +188,28 @@ class TenantDeleted(Event, frozen=True, kw_only=True, tag="tenant.deleted"):
     pass
 
 
+AUDIT_TENANT = "$audit"
+"""The ``tenant_id`` of audit events: not a valid tenant id, so no tenant's history holds them."""
+
+
+class AuditCheckpoint(Event, frozen=True, kw_only=True, tag="audit.checkpoint"):
+    """A signed checkpoint of the hash chain over the log (see ``relaypush.audit.chain``).
+
+    ``head`` is the chain link (hex SHA-256) at ``covered_to``; ``digests`` holds, for each
+    position from ``covered_from`` to ``covered_to``, the event's 8-byte leaf (SHA-256 of the
+    SHA-256 of its stored bytes and its subject, cut), so a verifier can name the event that
+    broke the chain. ``signature`` is the hex Ed25519 signature, by the key named ``key_id``,
+    over the canonical encoding of the other fields.
+    """
+
+    covered_from: int
+    covered_to: int
+    head: str
+    digests: bytes
+    key_id: str
+    signature: str
+
+
 AnyEvent = (
     ClientRegistered
     | ClientUnregistered
@@ -201,6 +225,7 @@ AnyEvent = (
     | TenantSuspended
     | TenantUnsuspended
     | TenantDeleted
+    | AuditCheckpoint
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -218,6 +243,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TenantSuspended,
     TenantUnsuspended,
     TenantDeleted,
+    AuditCheckpoint,
 )
 
 _encoder = msgspec.json.Encoder()

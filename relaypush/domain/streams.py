@@ -4,6 +4,7 @@
     (tenant, "notification", client_id, message_id, kind)   one subject per outcome kind
     (tenant, "inbox", client_id)                            inbox.read
     (tenant, "tenant")                                      tenant.*
+    ("$audit", "checkpoint")                                audit.checkpoint
 
 A notification's outcomes sit on sibling subjects (``accepted``, ``duplicate``, ``dropped``,
 ``delivered``, ``failed``) so that the dispatcher can filter on accepted notifications alone, and
@@ -17,6 +18,8 @@ import hashlib
 from typing import Literal
 
 from relaypush.domain.events import (
+    AUDIT_TENANT,
+    AuditCheckpoint,
     ClientRegistered,
     ClientUnregistered,
     Event,
@@ -29,6 +32,7 @@ from relaypush.domain.events import (
 )
 
 __all__ = [
+    "AUDIT_CHECKPOINT_SUBJECT",
     "NotificationKind",
     "client_subject",
     "dedup_key",
@@ -37,6 +41,9 @@ __all__ = [
     "subject_for",
     "tenant_subject",
 ]
+
+AUDIT_CHECKPOINT_SUBJECT: tuple[str, ...] = (AUDIT_TENANT, "checkpoint")
+"""Where the audit chain's signed checkpoints are appended, with expected versions."""
 
 NotificationKind = Literal["accepted", "duplicate", "dropped", "delivered", "failed"]
 
@@ -88,5 +95,7 @@ def subject_for(event: Event) -> tuple[str, ...]:
             return notification_subject(t, event.client_id, event.message_id, "failed")
         case InboxRead():
             return inbox_subject(t, event.client_id)
+        case AuditCheckpoint():
+            return AUDIT_CHECKPOINT_SUBJECT
         case _:
             return tenant_subject(t)
