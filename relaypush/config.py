@@ -73,6 +73,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     apns_ca_file: Path | None = None
     fcm_url: str = "https://fcm.googleapis.com"
     fcm_ca_file: Path | None = None
+    # audit trail (relaypush.audit): hash chain checkpoints signed with an Ed25519 key
+    audit_signing_key: str | None = None
+    audit_public_key: str | None = None
+    audit_checkpoint_interval: int = 1000
+    audit_checkpoint_seconds: float = 10.0
     # logging
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
