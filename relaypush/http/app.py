@@ -14,9 +14,11 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from eventstore import EventLog
 from eventstore.once import Once
 from relaypush.auth.relay_signature import RelaySignatureVerifier
 from relaypush.config import Settings
+from relaypush.http.admin import admin_route_handlers
 from relaypush.http.errors import EXCEPTION_HANDLERS
 from relaypush.http.observe import RequestObserver
 from relaypush.http.operations import operations_route_handlers, package_version
@@ -35,11 +37,13 @@ def create_app(
     metrics: Registry = REGISTRY,
     ready: Callable[[], Awaitable[bool]] | None = None,
     replay_guard: Once | None = None,
+    event_log: EventLog | None = None,
 ) -> Litestar:
     """The relay API over ``service``, configured by ``settings``.
 
     ``metrics`` receives the request metrics and is served at ``/metrics``; ``ready``, when
-    given, is asked by ``/health``, which answers 503 while it returns False.
+    given, is asked by ``/health``, which answers 503 while it returns False. With
+    ``event_log``, the audit admin routes (:mod:`relaypush.http.admin`) read it.
     """
     verifier = (
         RelaySignatureVerifier(settings.relay_public_key, max_age=settings.signature_max_age)
@@ -58,6 +62,11 @@ def create_app(
         route_handlers=[
             *operations_route_handlers(registry=metrics, ready=ready),
             *relay_route_handlers(rate_limit=limiter.guard),
+            *(
+                admin_route_handlers(event_log=event_log, admin_token=settings.admin_token)
+                if event_log is not None
+                else ()
+            ),
         ],
         dependencies={"relay": Provide(lambda: relay, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,0 +1,152 @@
+"""Admin routes of the audit trail, for the operator's token only.
+
+    GET /admin/events                    history: the filters and cursor of ``audit history``
+    GET /admin/clients/{id}/state?at=…   a client's state at a position or a time
+
+Both require ``Authorization: Bearer <RELAYPUSH_ADMIN_TOKEN>`` (401 in the relay envelope
+otherwise, and always while no admin token is configured). Bad parameters are a 400 whose
+``fields`` name them (location ``query``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response, get
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.types import Guard
+
+from eventstore import EventLog
+from relaypush.audit.errors import QueryError
+from relaypush.audit.history import DEFAULT_PAGE, HistoryPage, HistoryQuery, history_page
+from relaypush.audit.state import ClientSnapshot, client_state_at, parse_at, parse_time
+from relaypush.config import DEFAULT_TENANT
+from relaypush.domain.errors import FieldError, InvalidRequest
+from relaypush.domain.ids import strip_did_key
+from relaypush.http.auth import TenantAuthorizer
+from relaypush.http.openapi import failed
+
+__all__ = ["admin_route_handlers", "admin_token_guard"]
+
+AnyRequest = Request[Any, Any, Any]
+
+
+class EventsBody(msgspec.Struct, kw_only=True):
+    """``GET /admin/events``: a page of history and the cursor of the next one."""
+
+    status: str
+    events: list[Any]
+    next_cursor: int | None
+
+
+class StateBody(msgspec.Struct, kw_only=True):
+    """``GET /admin/clients/{id}/state``."""
+
+    status: str
+    state: ClientSnapshot
+
+
+def admin_token_guard(admin_token: str | None) -> Guard:
+    """A litestar guard: the request must carry ``Authorization: Bearer <admin_token>``
+    (checked by :meth:`TenantAuthorizer.admin`, as the tenant routes' admin operations are)."""
+    authorizer = TenantAuthorizer(admin_token=admin_token, jwt_secret=None)
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        authorizer.admin(connection.headers)
+
+    return guard
+
+
+def _invalid(exc: QueryError) -> InvalidRequest:
+    return InvalidRequest(fields=(FieldError(exc.field, exc.why, "query"),))
+
+
+def _int(request: AnyRequest, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(fields=(FieldError(name, "must be an integer", "query"),)) from None
+
+
+def _query(request: AnyRequest) -> HistoryQuery:
+    params = request.query_params
+    client = params.get("client")
+    since, until = params.get("since"), params.get("until")
+    types = [t for value in params.getall("type", []) for t in value.split(",") if t]
+    try:
+        return HistoryQuery(
+            client=strip_did_key(client) if client else None,
+            notification=params.get("notification") or None,
+            tenant=params.get("tenant") or None,
+            since=parse_time(since, field="since") if since else None,
+            until=parse_time(until, field="until") if until else None,
+            types=frozenset(types),
+            after=_int(request, "after", 0),
+            limit=_int(request, "limit", DEFAULT_PAGE),
+        )
+    except QueryError as exc:
+        raise _invalid(exc) from None
+
+
+def _json(body: msgspec.Struct) -> Response[bytes]:
+    return Response(content=msgspec.json.encode(body), media_type=MediaType.JSON)
+
+
+def admin_route_handlers(
+    *, event_log: EventLog, admin_token: str | None
+) -> Sequence[HTTPRouteHandler]:
+    """The admin routes over ``event_log``, guarded by ``admin_token``."""
+    guard = admin_token_guard(admin_token)
+
+    async def events(request: AnyRequest) -> Response[bytes]:
+        """A page of history, oldest first."""
+        page: HistoryPage = await history_page(event_log, _query(request))
+        return _json(EventsBody(status="OK", events=page.events, next_cursor=page.next_cursor))
+
+    async def client_state(request: AnyRequest) -> Response[bytes]:
+        """A client's state at ``at`` (a position or an ISO 8601 time; default now)."""
+        client_id = strip_did_key(request.path_params["id"])
+        tenant_id = request.query_params.get("tenant") or DEFAULT_TENANT
+        at_text = request.query_params.get("at")
+        try:
+            at = parse_at(at_text) if at_text else None
+        except QueryError as exc:
+            raise _invalid(exc) from None
+        snapshot = await client_state_at(event_log, tenant_id, client_id, at)
+        return _json(StateBody(status="OK", state=snapshot))
+
+    unauthorized = failed("No admin token, or not the configured one")
+    shape = failed("A bad parameter; `fields` names it")
+    return [
+        get(
+            "/admin/events",
+            name="admin_events",
+            summary="Audit history",
+            description="Events oldest first, filtered by `client`, `notification` (relay "
+            "message id), `tenant`, `since` / `until` (ISO 8601, recorded time), `type` "
+            "(repeatable or comma-separated tags); `after` is the cursor (a position) and "
+            "`limit` the page size (1 to 1000, default 100). Device tokens are shown as "
+            "fingerprints. `next_cursor` is null on the last page.",
+            guards=[guard],
+            tags=["admin"],
+            responses={400: shape, 401: unauthorized},
+        )(events),
+        get(
+            "/admin/clients/{id:str}/state",
+            name="admin_client_state",
+            summary="A client's state at a point in time",
+            description="Folds the client's events up to `at` (a log position, or an ISO "
+            "8601 time; default now) in `tenant` (default the default tenant): registered or "
+            "not, provider, token fingerprint, notifications pending, delivered, failed and "
+            "dropped.",
+            guards=[guard],
+            tags=["admin"],
+            responses={400: shape, 401: unauthorized},
+        )(client_state),
+    ]
