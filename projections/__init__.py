@@ -2,7 +2,8 @@
 
 Tables (in a named schema, ``relaypush`` by default): ``devices``, ``messages``, ``inbox``,
 ``tenants`` and ``projection_checkpoints``. :class:`Projector` keeps them up to date, one per
-schema; :func:`rebuild` replays the whole log into fresh tables and swaps them in;
+schema; :func:`rebuild` replays the whole log into fresh tables beside the live ones while the
+service runs and swaps them in; :func:`schema_status` tells where a schema stands;
 :func:`compare_schemas` checks two schemas hold the same rows. Imports :mod:`eventstore` and
 :mod:`relaypush.domain` only.
 """
@@ -16,20 +17,31 @@ from projections.errors import (
     ProjectionUnavailable,
     RebuildError,
 )
-from projections.rebuild import rebuild, rebuild_into, swap_schemas
+from projections.rebuild import (
+    RebuildResult,
+    rebuild,
+    rebuild_and_swap,
+    rebuild_into,
+    swap_schemas,
+)
 from projections.runner import Projector, default_durable, wait_for_position
 from projections.schema import CHECKPOINT_NAME, PROJECTION_TABLES, migrate
+from projections.status import CheckpointStatus, LockHolder, SchemaStatus, schema_status
 
 __all__ = [
     "CHECKPOINT_NAME",
     "PROJECTION_TABLES",
     "AppliedBatch",
     "CheckpointMoved",
+    "CheckpointStatus",
+    "LockHolder",
     "MigrationError",
     "ProjectionError",
     "ProjectionUnavailable",
     "Projector",
     "RebuildError",
+    "RebuildResult",
+    "SchemaStatus",
     "apply_events",
     "apply_records",
     "compare_schemas",
@@ -37,7 +49,9 @@ __all__ = [
     "migrate",
     "read_checkpoint",
     "rebuild",
+    "rebuild_and_swap",
     "rebuild_into",
+    "schema_status",
     "swap_schemas",
     "wait_for_position",
 ]

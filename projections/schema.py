@@ -27,6 +27,7 @@ __all__ = [
     "PROJECTION_TABLES",
     "Migration",
     "check_schema_name",
+    "lock_holder",
     "lock_key",
     "migrate",
     "migrations",
@@ -92,6 +93,19 @@ def lock_key(purpose: str, schema: str) -> sql.Composed:
     return sql.SQL("{}, hashtext({})").format(
         sql.Literal(_LOCK_CLASS), sql.Literal(f"{purpose}:{schema}")
     )
+
+
+async def lock_holder(conn: psycopg.AsyncConnection[Any], purpose: str, schema: str) -> int | None:
+    """The backend pid of the session holding the advisory lock ``lock_key(purpose, schema)``
+    in this database, or None; looks at ``pg_locks`` and never takes the lock itself."""
+    query = sql.SQL(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid = {}::oid AND objid = hashtext({})::oid ORDER BY pid LIMIT 1"
+    ).format(sql.Literal(_LOCK_CLASS), sql.Literal(f"{purpose}:{schema}"))
+    cur = await conn.execute(query)
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
 
 
 async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
