@@ -12,59 +12,87 @@ import argparse
 import asyncio
 import functools
 import sys
-import time
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC
 from importlib.metadata import version
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from projections.rebuild import rebuild
+from projections.errors import ProjectionError
+from projections.rebuild import rebuild_and_swap
+from projections.status import LockHolder, schema_status
 from relaypush import runtime
 from relaypush.config import ConfigError, Settings, load_settings
 from relaypush.logs import configure_logging
+from relaypush.progress import Progress
 
 __all__ = ["main"]
 
 
 async def _rebuild(settings: Settings) -> None:
+    """Rebuild the read tables beside the live ones while the service runs, then swap them in
+    (``projections.rebuild``); progress on standard error, a summary on standard output."""
+    schema = settings.database_schema
     async with runtime.open_backends(settings) as backends:
-        total = await backends.event_log.last_position()
-        started = time.monotonic()
-        last_print = 0.0
-
-        def progress(done: int, of: int) -> None:
-            nonlocal last_print
-            now = time.monotonic()
-            if now - last_print < 1.0 and done < of:
-                return
-            last_print = now
-            rate = done / max(now - started, 1e-9)
-            print(f"rebuild: {done}/{of} events, {rate:,.0f} events/s", file=sys.stderr)
-
-        applied = await rebuild(
-            backends.event_log, backends.database_url, settings.database_schema, progress=progress
-        )
-        elapsed = time.monotonic() - started
-        print(
-            f"rebuilt {settings.database_schema} from {applied} events"
-            f" (log at {total}) in {elapsed:.1f}s"
-        )
+        head = await backends.event_log.last_position()
+        print(f"rebuilding {schema} from {head:,} events beside the live tables", file=sys.stderr)
+        progress = Progress("rebuild", sys.stderr)
+        try:
+            result = await rebuild_and_swap(
+                backends.event_log, backends.database_url, schema, progress=progress.update
+            )
+        except ProjectionError as exc:
+            print(f"relaypush: rebuilding {schema} failed: {exc}", file=sys.stderr)
+            raise SystemExit(1) from exc
+        finally:
+            progress.close()
+    carried = f"; kept {', '.join(result.carried)}" if result.carried else ""
+    print(
+        f"rebuilt {schema}: {progress.summary()}; swapped in at position {result.position}"
+        f" (live projector at {result.live_position}, held {result.held * 1000:.0f} ms){carried}"
+    )
 
 
 async def _status(settings: Settings) -> None:
+    """The log's head, each projection's position, lag and last move, and who holds the
+    schema's projector and rebuild locks."""
+
+    def ago(seconds: float) -> str:
+        seconds = max(0.0, seconds)
+        if seconds < 120:
+            return f"{seconds:.0f}s ago"
+        if seconds < 7200:
+            return f"{seconds / 60:.0f}m ago"
+        return f"{seconds / 3600:.1f}h ago"
+
+    def session(holder: LockHolder) -> str:
+        where = f", from {holder.client}" if holder.client else ""
+        name = f", {holder.application}" if holder.application else ""
+        return f"PostgreSQL pid {holder.pid}{where}{name}"
+
+    schema = settings.database_schema
     async with runtime.open_backends(settings) as backends:
         head = await backends.event_log.last_position()
-        async with await psycopg.AsyncConnection.connect(backends.database_url) as conn:
-            query = sql.SQL(
-                "SELECT name, position, updated_at FROM {}.projection_checkpoints ORDER BY name"
-            ).format(sql.Identifier(settings.database_schema))
-            cur = await conn.execute(query)
-            rows = await cur.fetchall()
-        print(f"log head: {head}")
-        for name, position, updated_at in rows:
-            print(f"{name}: position {position}, lag {head - position}, updated {updated_at}")
+        status = await schema_status(backends.database_url, schema)
+    print(f"log head: {head} (stream {settings.stream_name})")
+    if not status.checkpoints:
+        print(f"{schema}: no read tables")
+    for checkpoint in status.checkpoints:
+        updated = checkpoint.updated_at.astimezone(UTC).isoformat(timespec="seconds")
+        since = ago((status.checked_at - checkpoint.updated_at).total_seconds())
+        print(
+            f"{schema}.{checkpoint.name}: position {checkpoint.position},"
+            f" lag {head - checkpoint.position}, updated {updated} ({since})"
+        )
+    if status.projector is None:
+        print(f"projector: not running (nobody holds the lock of {schema})")
+    else:
+        print(f"projector: running (holds the lock of {schema}: {session(status.projector)})")
+    if status.rebuild is not None:
+        position = status.rebuild_position or 0
+        print(
+            f"rebuild: running ({session(status.rebuild)}), {schema}_rebuild at position"
+            f" {position}, lag {head - position}"
+        )
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -88,8 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("projector", help="the read-table projector alone")
     proj = sub.add_parser("projections", help="operate the read tables")
     proj_sub = proj.add_subparsers(dest="action", required=True)
-    proj_sub.add_parser("rebuild", help="replay the whole log into fresh tables, then swap them in")
-    proj_sub.add_parser("status", help="each projection's position and lag")
+    proj_sub.add_parser(
+        "rebuild",
+        help="replay the log into fresh tables beside the live ones while the service runs,"
+        " then swap them in",
+    )
+    proj_sub.add_parser(
+        "status", help="the log's head, each projection's position and lag, the projector's lock"
+    )
     return parser
 
 
