@@ -9,6 +9,12 @@ Each fetched batch is applied in position order in one transaction with the chec
 below the checkpoint are acked and skipped; a gap (a position past ``checkpoint + 1``) is never
 skipped over: the batch is nakked and the consumer recreated at ``checkpoint + 1``. A checkpoint
 moved under the projector (a rebuild swapped the schema) is handled the same way.
+
+Locking the checkpoint row first, in the batch's own transaction, is what a rebuild's swap
+relies on (:mod:`projections.rebuild`): the swap locks the checkpoint table, so a batch either
+commits before the swap reads the live checkpoint or starts after the swap's commit, in the
+rebuilt tables, where it finds either the checkpoint it expected (it carries on) or another one
+(:class:`CheckpointMoved`: nothing applied, resubscribe there).
 """
 
 from __future__ import annotations
