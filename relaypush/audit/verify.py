@@ -124,11 +124,11 @@ class ChainVerifier:
     def __init__(self, keys: Iterable[PublicKey]) -> None:
         self._keys = {key.key_id: key for key in keys}
         self._link = GENESIS
-        self._expected = 1  # the next position
+        self._next = 1  # the position the next event must have; 0 once broken or after a gap
+        self._last = 0  # the last position chained, while _next is 0
         self._start = 1  # first position whose link and leaf are kept
         self._links = bytearray()
         self._leaves = bytearray()
-        self._events = 0
         self._checkpoints = 0
         self._protected = 0
         self._gap: tuple[int, int] | None = None  # (missing position, position found instead)
@@ -140,28 +140,27 @@ class ChainVerifier:
 
     def feed(self, position: int, subject: Sequence[str], data: bytes) -> bool:
         """Take the next event; False once the chain is broken (later events are ignored)."""
-        if self._broken is not None:
-            return False
-        if position != self._expected or self._gap is not None:
+        if position != self._next:
             return self._out_of_place(position)
         inner = _sha256(data).digest() + subject_bytes(subject)
         self._link = link = _sha256(self._link + _pack(position) + inner).digest()
         self._links += link
         self._leaves += _sha256(inner).digest()[:LEAF_SIZE]
-        self._expected = position + 1
-        self._events += 1
+        self._next = position + 1
         if subject == AUDIT_CHECKPOINT_SUBJECT:
             self._check(position, data)
-        return self._broken is None
+            return self._broken is None
+        return True
 
     def report(self) -> VerifyReport:
         """The outcome so far (a position left missing at the end is a drop)."""
         if self._gap is not None and self._broken is None:
             missing, found = self._gap
             self._break(missing, BreakKind.DROPPED, _missing(missing, found))
+        last = self._next - 1 if self._next else self._last
         return VerifyReport(
-            events=self._events,
-            last_position=self._expected - 1,
+            events=last,  # positions start at 1 and every one was chained
+            last_position=last,
             head=self._link.hex(),
             checkpoints=self._checkpoints,
             protected_upto=self._protected,
@@ -169,7 +168,8 @@ class ChainVerifier:
         )
 
     def _out_of_place(self, position: int) -> bool:
-        expected = self._expected
+        if self._broken is not None:
+            return False
         if self._gap is not None:
             missing, found = self._gap
             if position == missing:
@@ -180,10 +180,13 @@ class ChainVerifier:
                 )
             else:
                 self._break(missing, BreakKind.DROPPED, _missing(missing, found))
-        elif position > expected:
+            return False
+        expected = self._next
+        self._last, self._next = expected - 1, 0
+        if position > expected:
             self._gap = (expected, position)  # decided by the next event: late, or gone
             return True
-        elif position == expected - 1:
+        if position == expected - 1:
             self._break(
                 position,
                 BreakKind.FORGED,
@@ -193,13 +196,16 @@ class ChainVerifier:
             self._break(
                 position,
                 BreakKind.REORDERED,
-                f"position {position} comes after position {expected - 1}: events were reordered",
+                f"position {position} comes after position {expected - 1}: "
+                "events were reordered",
             )
         return False
 
     def _break(self, position: int, kind: BreakKind, detail: str) -> None:
         if self._broken is None:
             self._broken = Break(position, kind, detail)
+            if self._next:
+                self._last, self._next = self._next - 1, 0
 
     def _check(self, position: int, data: bytes) -> None:
         """Check the checkpoint just chained at ``position``."""
