@@ -40,7 +40,7 @@ from relaypush.audit.state import ClientSnapshot, client_state_at, parse_at, par
 from relaypush.audit.verify import VerifyReport, verify
 from relaypush.config import DEFAULT_TENANT, Settings
 
-__all__ = ["add_audit_parser", "run_audit"]
+__all__ = ["add_audit_parser", "needs_event_log", "run_audit"]
 
 _json = msgspec.json.Encoder()
 
@@ -90,9 +90,22 @@ def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
     return audit
 
 
-async def run_audit(args: argparse.Namespace, event_log: EventLog, settings: Settings) -> int:
-    """Run the parsed ``audit`` command against ``event_log``; returns the exit status."""
+def needs_event_log(args: argparse.Namespace) -> bool:
+    """Whether the parsed command reads or writes the event log: ``audit verify --file``
+    does not, so an auditor runs it with nothing but the export and the public key."""
+    return not (args.audit_command == "verify" and args.file is not None)
+
+
+async def run_audit(
+    args: argparse.Namespace, event_log: EventLog | None, settings: Settings
+) -> int:
+    """Run the parsed ``audit`` command against ``event_log`` (None will do when
+    :func:`needs_event_log` says so); returns the exit status."""
     try:
+        if event_log is None:
+            if needs_event_log(args):
+                raise AuditError(f"audit {args.audit_command} needs the event log")
+            return await _verify(args, None, settings)
         match args.audit_command:
             case "history":
                 return await _history(args, event_log)
@@ -252,7 +265,7 @@ def verification_keys(given: list[str], settings: Settings) -> list[PublicKey]:
     )
 
 
-async def _verify(args: argparse.Namespace, event_log: EventLog, settings: Settings) -> int:
+async def _verify(args: argparse.Namespace, event_log: EventLog | None, settings: Settings) -> int:
     keys = verification_keys(args.public_key, settings)
     report: VerifyReport
     if args.file is not None:
@@ -262,6 +275,7 @@ async def _verify(args: argparse.Namespace, event_log: EventLog, settings: Setti
         except OSError as exc:
             raise AuditError(f"cannot read {args.file}: {exc}") from exc
     else:
+        assert event_log is not None
         report = await verify(event_log.read(), keys)
     _print_report(report, args.json, sys.stdout)
     return 0 if report.ok else 1

@@ -39,7 +39,7 @@ from relaypush.audit import (
     read_export,
     verify,
 )
-from relaypush.audit.cli import add_audit_parser, run_audit
+from relaypush.audit.cli import add_audit_parser, needs_event_log, run_audit
 from relaypush.config import Settings
 from relaypush.domain.events import Event
 from relaypush.http.app import create_app
@@ -324,6 +324,13 @@ async def test_the_audit_commands(
     code, out = await run("verify", "--file", str(export), "--public-key", KEY.public_key.hex)
     assert code == 0
     assert out.startswith("OK")
+    offline = parser.parse_args(["audit", "verify", "--file", str(export)])
+    assert not needs_event_log(offline)
+    assert await run_audit(offline, None, SETTINGS) == 0  # no event log at all
+    assert capsys.readouterr().out == out
+    online = parser.parse_args(["audit", "history"])
+    assert await run_audit(online, None, SETTINGS) == 2
+    assert "needs the event log" in capsys.readouterr().err
     code, out = await run("verify", "--json")
     assert code == 0
     assert json.loads(out)["protected_upto"] == 17
