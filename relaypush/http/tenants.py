@@ -41,9 +41,13 @@ from relaypush.http.openapi import failed
 from relaypush.tenancy.checks import FCM_FIELD, ApnsForm
 from relaypush.tenancy.service import TenantService
 
-__all__ = ["TenantsContext", "tenant_route_handlers"]
+__all__ = ["MAX_UPLOAD_SIZE", "TenantsContext", "tenant_route_handlers"]
 
 AnyRequest = Request[Any, Any, Any]
+
+#: Largest credential upload, in bytes: well under litestar's 1 MiB spool threshold, so an
+#: uploaded key or certificate is parsed in memory and never written to a temporary file.
+MAX_UPLOAD_SIZE: Final = 256 * 1024
 
 _LEGACY_FCM: Final = failed_body(
     errors=(
@@ -307,6 +311,7 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
         post(
             one + "/apns",
             name="set_apns",
+            request_max_body_size=MAX_UPLOAD_SIZE,
             summary="Set APNs credentials",
             description="Multipart: `apns_topic` and either `apns_certificate` (.p12) with "
             "`apns_certificate_password`, or `apns_pkcs8_pem` (.p8) with `apns_key_id` and "
@@ -319,6 +324,7 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
         post(
             one + "/fcm_v1",
             name="set_fcm_v1",
+            request_max_body_size=MAX_UPLOAD_SIZE,
             summary="Set the FCM service account",
             description="Multipart: `credentials`, the service-account JSON. It must obtain an "
             "access token from its `token_uri` before it is stored; lifts a suspension."

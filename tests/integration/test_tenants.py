@@ -570,6 +570,17 @@ async def test_a_body_that_is_not_a_form_names_body(stack: Stack) -> None:
     assert fields(r) == [("body", "body")]
 
 
+async def test_an_upload_over_256_kib_is_413(stack: Stack) -> None:
+    await stack.create("acme")
+    r = await stack.http.post(
+        "/tenants/acme/fcm_v1",
+        files={"credentials": ("sa.json", b"{" + b" " * (256 * 1024), "application/json")},
+        headers=admin(),
+    )
+    assert r.status_code == 413
+    assert fields(r) == [("body", "body")]
+
+
 async def test_an_fcm_service_account_must_obtain_a_token_before_it_is_stored(stack: Stack) -> None:
     await stack.create("acme")
     grants = len(stack.fcm.oauth.grants)
