@@ -330,3 +330,27 @@ async def test_the_default_tenant_needs_no_creation() -> None:
     assert await service.push(DEFAULT_TENANT, "z6MkC", PUSH, request_id="r") == Accepted("m1")
     assert (await service.tenants.get(DEFAULT_TENANT)).exists
     assert tenant_subject(DEFAULT_TENANT) == (DEFAULT_TENANT, "tenant")
+
+
+class RoundTrips(CountingLog):
+    """Counts every read of the log, ``last`` and ``read`` alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lasts = 0
+
+    async def last(self, subject: tuple[str, ...]) -> RecordedEvent | None:
+        self.lasts += 1
+        return await super().last(subject)
+
+
+async def test_a_tenant_push_is_one_read_and_one_append_while_the_tenant_is_cached() -> None:
+    log = RoundTrips()
+    await append(log, created())
+    service = service_on(log)
+    await service.register(T, REQUEST, request_id="r")
+    await service.push(T, "z6MkC", b'{"id": "warm", "payload": "ab:1:eA=="}', request_id="r")
+    reads, lasts, position = log.reads, log.lasts, await log.last_position()
+    assert await service.push(T, "z6MkC", PUSH, request_id="r") == Accepted("m1")
+    assert (log.reads - reads, log.lasts - lasts) == (0, 1)
+    assert await log.last_position() == position + 1
