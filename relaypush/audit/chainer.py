@@ -29,6 +29,7 @@ from relaypush.audit.keys import SigningKey
 from relaypush.config import Settings
 from relaypush.domain.events import AUDIT_TENANT, AuditCheckpoint, decode_event, encode_event
 from relaypush.domain.streams import AUDIT_CHECKPOINT_SUBJECT
+from relaypush.metrics import REGISTRY, Registry
 
 __all__ = ["MAX_CHECKPOINT_EVENTS", "Chainer", "decode_checkpoint"]
 
@@ -66,6 +67,7 @@ class Chainer:
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], datetime] = _utc_now,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        metrics: Registry = REGISTRY,
     ) -> None:
         if not 1 <= every_events <= MAX_CHECKPOINT_EVENTS:
             raise ValueError(f"every_events must be 1 to {MAX_CHECKPOINT_EVENTS}")
@@ -84,6 +86,15 @@ class Chainer:
         self._version = 0  # the position of that checkpoint (its subject's version)
         self._uncovered = 0  # events after _covered, checkpoints not counted
         self._checkpoints_after: list[int] = []  # positions of checkpoints after _covered
+        self._chained_gauge = metrics.gauge(
+            "relaypush_audit_chained_position", "Last log position the audit chainer chained"
+        )
+        self._covered_gauge = metrics.gauge(
+            "relaypush_audit_covered_position", "Last log position covered by a checkpoint"
+        )
+        self._appended = metrics.counter(
+            "relaypush_audit_checkpoints_total", "Checkpoints this chainer appended"
+        )
         self._uncovered_since = 0.0  # when the first of them was chained
 
     @classmethod
@@ -147,6 +158,8 @@ class Chainer:
                 appended = await self.checkpoint() or appended
         if checkpoint:
             appended = await self.checkpoint() or appended
+        self._chained_gauge.set(window.position)
+        self._covered_gauge.set(self._covered)
         return appended
 
     async def checkpoint(self) -> AuditCheckpoint | None:
@@ -181,7 +194,8 @@ class Chainer:
             return None
         self._version = max(self._version, result.position)
         self._mark_covered(last)
-        log.info("audit_checkpoint", covered_to=last, position=result.position, key_id=key_id)
+        self._appended.inc()
+        log.debug("audit_checkpoint", covered_to=last, position=result.position, key_id=key_id)
         return event
 
     def _due_by_time(self) -> bool:

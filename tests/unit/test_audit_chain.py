@@ -35,6 +35,7 @@ from relaypush.audit.errors import AuditKeyError
 from relaypush.config import Settings
 from relaypush.domain.events import AUDIT_TENANT, AuditCheckpoint, encode_event
 from relaypush.domain.streams import AUDIT_CHECKPOINT_SUBJECT
+from relaypush.metrics import Registry
 from tests.audit_story import STORY, append_story
 
 KEY = SigningKey.from_hex("11" * 32)
@@ -117,9 +118,14 @@ async def checkpoints(log: InMemoryEventLog) -> list[tuple[int, AuditCheckpoint]
 async def test_the_chainer_signs_checkpoints_every_n_events() -> None:
     log = InMemoryEventLog()
     await append_story(log)  # 17 events
-    chainer = Chainer(log, KEY, every_events=5)
+    metrics = Registry()
+    chainer = Chainer(log, KEY, every_events=5, metrics=metrics)
     await chainer.catch_up(checkpoint=False)
     found = await checkpoints(log)
+    rendered = metrics.render()
+    assert "relaypush_audit_chained_position 17" in rendered
+    assert "relaypush_audit_covered_position 15" in rendered
+    assert "relaypush_audit_checkpoints_total 3" in rendered
     # 5 events, checkpoint at 6; 4 more + that checkpoint... checkpoints are not counted
     assert [(c.covered_from, c.covered_to) for _, c in found] == [(1, 5), (6, 10), (11, 15)]
     assert [p for p, _ in found] == [18, 19, 20]
