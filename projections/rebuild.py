@@ -88,7 +88,7 @@ logger = structlog.get_logger(__name__)
 
 REBUILD_BATCH = 5000
 """Events per transaction during a rebuild."""
-SWAP_LAG = 2000
+SWAP_LAG = 500
 """Catch-up rounds go on while more events than this are left; the rest is replayed in the
 swap's transaction, while the projector waits."""
 CATCH_UP_ROUNDS = 20
