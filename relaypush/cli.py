@@ -24,6 +24,7 @@ from relaypush import runtime
 from relaypush.config import ConfigError, Settings, load_settings
 from relaypush.logs import configure_logging
 from relaypush.progress import Progress
+from relaypush.tenancy.store import rotate_key
 
 __all__ = ["main"]
 
@@ -105,6 +106,16 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+async def _rotate_key(settings: Settings) -> None:
+    async with runtime.open_backends(settings) as backends:
+        report = await rotate_key(settings, backends.database_url)
+    print(f"re-sealed {report.resealed}; {report.already_current} already under the current key")
+    for tenant_id, kind, key_id in report.unopenable:
+        print(f"cannot open {kind} of {tenant_id}: key {key_id} is not configured", file=sys.stderr)
+    if report.unopenable:
+        raise SystemExit(1)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaypush", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relaypush {version('relaypush')}")
@@ -124,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     proj_sub.add_parser(
         "status", help="the log's head, each projection's position and lag, the projector's lock"
     )
+    tenants = sub.add_parser("tenants", help="operate tenants' credentials")
+    tenants.add_subparsers(dest="action", required=True).add_parser(
+        "rotate-key", help="re-seal every tenant credential under RELAYPUSH_CREDENTIALS_KEY"
+    )
     return parser
 
 
@@ -142,10 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "projector": runtime.run_projector,
         "rebuild": _rebuild,
         "status": _status,
+        "rotate-key": _rotate_key,
     }
     if args.command == "api":
         commands["api"] = functools.partial(runtime.run_api, worker=args.worker)
-    name = args.action if args.command == "projections" else args.command
+    name = args.action if args.command in ("projections", "tenants") else args.command
     try:
         _run(commands[name](settings))
     except KeyboardInterrupt:

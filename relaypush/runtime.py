@@ -36,12 +36,14 @@ from relaypush.delivery.dispatcher import Dispatcher
 from relaypush.delivery.fcm import FcmProvider
 from relaypush.delivery.noop import NoopProvider
 from relaypush.delivery.outcomes import Provider
+from relaypush.delivery.registry import ProviderRegistry
 from relaypush.domain.events import ProviderType
 from relaypush.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from relaypush.http.app import create_app
 from relaypush.metrics import REGISTRY
 from relaypush.metrics_server import serve_metrics
 from relaypush.service import RelayService
+from relaypush.tenancy.store import open_credential_store
 
 __all__ = ["Backends", "open_backends", "run_api", "run_dispatcher", "run_projector", "serve"]
 
@@ -183,6 +185,8 @@ def _spawn_api_worker(backends: Backends) -> subprocess.Popen[bytes]:
     """Another API process on the same port and the same NATS; it dies with this one."""
     env = dict(os.environ)
     env["RELAYPUSH_NATS_URL"] = backends.nats_url
+    if backends.database_url:
+        env["RELAYPUSH_DATABASE_URL"] = backends.database_url
     env["RELAYPUSH_API_WORKERS"] = "1"
     return subprocess.Popen(
         [sys.executable, "-m", "relaypush.cli", "api", "--worker"],
@@ -215,44 +219,54 @@ async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False)
         else None
     )
     service = RelayService(backends.event_log, enabled_providers=enabled_providers(settings))
-    app = create_app(settings=settings, service=service, replay_guard=guard)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    server = _Server(config)
-    sock = _listen(settings.host, settings.port, reuse_port=shared)
-    workers = (
-        [] if worker else [_spawn_api_worker(backends) for _ in range(settings.api_workers - 1)]
-    )
-    try:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        stopper.cancel()
-        await task
-    finally:
-        sock.close()
-        await asyncio.to_thread(_stop_workers, workers)
+    async with open_credential_store(settings, backends.database_url) as credentials:
+        app = create_app(
+            settings=settings, service=service, replay_guard=guard, credentials=credentials
+        )
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        server = _Server(config)
+        sock = _listen(settings.host, settings.port, reuse_port=shared)
+        workers = (
+            [] if worker else [_spawn_api_worker(backends) for _ in range(settings.api_workers - 1)]
+        )
+        try:
+            task = asyncio.create_task(server.serve(sockets=[sock]))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            stopper.cancel()
+            await task
+        finally:
+            sock.close()
+            await asyncio.to_thread(_stop_workers, workers)
     stop.set()
 
 
 async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
     settings = backends.settings
     providers = build_providers(settings)
-    dispatcher = Dispatcher(
-        backends.event_log,
-        providers,
-        deadline=settings.delivery_deadline,
-        concurrency=settings.dispatcher_concurrency,
-        send_timeout=settings.send_timeout,
-    )
     try:
-        await dispatcher.run(stop)
+        async with open_credential_store(settings, backends.database_url) as credentials:
+            registry = ProviderRegistry.from_settings(
+                settings, backends.event_log, default=providers, credentials=credentials
+            )
+            dispatcher = Dispatcher(
+                backends.event_log,
+                registry,
+                deadline=settings.delivery_deadline,
+                concurrency=settings.dispatcher_concurrency,
+                send_timeout=settings.send_timeout,
+            )
+            try:
+                await dispatcher.run(stop)
+            finally:
+                await registry.close()  # the providers it built for other tenants
     finally:
         for provider in providers.values():
             await provider.close()
@@ -300,11 +314,11 @@ async def serve(settings: Settings) -> None:
 async def run_api(settings: Settings, *, worker: bool = False) -> None:
     """The API alone; ``worker`` marks a process started by another API process."""
     part = functools.partial(_api, worker=True) if worker else _api
-    await _run(settings, (part,), database=False)
+    await _run(settings, (part,), database=bool(settings.credentials_key))
 
 
 async def run_dispatcher(settings: Settings) -> None:
-    await _run(settings, (_dispatcher,), database=False, metrics=True)
+    await _run(settings, (_dispatcher,), database=bool(settings.credentials_key), metrics=True)
 
 
 async def run_projector(settings: Settings) -> None:
