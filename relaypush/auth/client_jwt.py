@@ -8,20 +8,23 @@ way. The key in ``iss`` signs the token and must be the client being registered 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import math
-import re
 import time
-from typing import Any, Final
+from typing import Final
 
-import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from relaypush.domain.errors import FieldError, Unauthorized
+from relaypush.auth.jwt_parts import (
+    AUTHORIZATION_HEADER,
+    b64url_decode,
+    b64url_encode,
+    json_part,
+    refuse,
+    seconds_claim,
+)
 from relaypush.domain.ids import strip_did_key
 
 __all__ = [
@@ -34,7 +37,6 @@ __all__ = [
     "verify_client_jwt",
 ]
 
-AUTHORIZATION_HEADER: Final = "Authorization"
 
 _DID_KEY_PREFIX: Final = "did:key:z"
 _ED25519_MULTICODEC: Final = b"\xed\x01"
@@ -43,7 +45,6 @@ _B58_INDEX: Final = {c: i for i, c in enumerate(_B58_ALPHABET)}
 #: A did:key for Ed25519 is 48 base58 characters; refuse long input before any arithmetic.
 _MAX_B58_LENGTH: Final = 128
 _MAX_TOKEN_LENGTH: Final = 8192
-_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def b58encode(data: bytes) -> str:
@@ -95,45 +96,6 @@ def ed25519_to_did_key(pub: bytes) -> str:
     return _DID_KEY_PREFIX + b58encode(_ED25519_MULTICODEC + pub)
 
 
-def _refuse(description: str) -> Unauthorized:
-    return Unauthorized(fields=(FieldError(AUTHORIZATION_HEADER, description, "header"),))
-
-
-def _b64url_decode(part: str) -> bytes:
-    if _B64URL.fullmatch(part) is None or len(part) % 4 == 1:
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _json_object(part: str, what: str) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(_b64url_decode(part))
-    except (msgspec.MsgspecError, ValueError) as exc:
-        raise _refuse(f"malformed JWT: the {what} is not base64url JSON") from exc
-    if not isinstance(value, dict):
-        raise _refuse(f"malformed JWT: the {what} is not a JSON object")
-    return value
-
-
-def _number(claims: dict[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _refuse(f"JWT claim {name!r} must be a number of Unix seconds")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        seconds = math.inf
-    if not math.isfinite(seconds):
-        raise _refuse(f"JWT claim {name!r} must be a finite number of Unix seconds")
-    return seconds
-
-
 def _same_url(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
@@ -154,52 +116,52 @@ def verify_client_jwt(
     if token[:7].lower() == "bearer ":
         token = token[7:].strip()
     if not token:
-        raise _refuse("a JWT is required")
+        raise refuse("a JWT is required")
     if len(token) > _MAX_TOKEN_LENGTH:
-        raise _refuse(f"malformed JWT: longer than {_MAX_TOKEN_LENGTH} characters")
+        raise refuse(f"malformed JWT: longer than {_MAX_TOKEN_LENGTH} characters")
     parts = token.split(".")
     if len(parts) != 3:
-        raise _refuse("malformed JWT: expected three base64url parts separated by '.'")
+        raise refuse("malformed JWT: expected three base64url parts separated by '.'")
     header_b64, claims_b64, signature_b64 = parts
-    header = _json_object(header_b64, "header")
+    header = json_part(header_b64, "header")
     if header.get("alg") != "EdDSA":
-        raise _refuse(f"unsupported JWT alg {header.get('alg')!r}: expected 'EdDSA'")
+        raise refuse(f"unsupported JWT alg {header.get('alg')!r}: expected 'EdDSA'")
     if header.get("typ", "JWT") != "JWT":
-        raise _refuse(f"unsupported JWT typ {header.get('typ')!r}: expected 'JWT'")
-    claims = _json_object(claims_b64, "claims")
+        raise refuse(f"unsupported JWT typ {header.get('typ')!r}: expected 'JWT'")
+    claims = json_part(claims_b64, "claims")
     try:
-        signature = _b64url_decode(signature_b64)
+        signature = b64url_decode(signature_b64)
     except (ValueError, binascii.Error) as exc:
-        raise _refuse("malformed JWT: the signature is not base64url") from exc
+        raise refuse("malformed JWT: the signature is not base64url") from exc
 
     iss = claims.get("iss")
     if not isinstance(iss, str):
-        raise _refuse("JWT claim 'iss' must be a did:key string")
+        raise refuse("JWT claim 'iss' must be a did:key string")
     try:
         key = did_key_to_ed25519(iss)
     except ValueError as exc:
-        raise _refuse(f"JWT claim 'iss' is not an Ed25519 did:key: {exc}") from exc
+        raise refuse(f"JWT claim 'iss' is not an Ed25519 did:key: {exc}") from exc
     try:
         key.verify(signature, f"{header_b64}.{claims_b64}".encode("ascii"))
     except InvalidSignature:
-        raise _refuse("JWT signature does not verify with the key in 'iss'") from None
+        raise refuse("JWT signature does not verify with the key in 'iss'") from None
 
     if strip_did_key(iss) != strip_did_key(client_id):
-        raise _refuse("JWT claim 'iss' is not the did:key of the client being changed")
+        raise refuse("JWT claim 'iss' is not the did:key of the client being changed")
     aud = claims.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]
     if not any(isinstance(a, str) and _same_url(a, audience) for a in audiences):
-        raise _refuse(f"JWT claim 'aud' must be this server's URL {audience!r}")
+        raise refuse(f"JWT claim 'aud' must be this server's URL {audience!r}")
 
     current = time.time() if now is None else now
-    iat = _number(claims, "iat")
+    iat = seconds_claim(claims, "iat")
     if iat is None:
-        raise _refuse("JWT claim 'iat' is required")
+        raise refuse("JWT claim 'iat' is required")
     if iat > current + leeway:
-        raise _refuse(f"JWT was issued {iat - current:.0f} s in the future")
-    exp = _number(claims, "exp")
+        raise refuse(f"JWT was issued {iat - current:.0f} s in the future")
+    exp = seconds_claim(claims, "exp")
     if exp is not None and current > exp + leeway:
-        raise _refuse(f"JWT expired {current - exp:.0f} s ago")
+        raise refuse(f"JWT expired {current - exp:.0f} s ago")
 
 
 def make_client_jwt(
@@ -214,7 +176,7 @@ def make_client_jwt(
     claims: dict[str, object] = {"iss": ed25519_to_did_key(pub), "aud": audience, "iat": iat}
     if exp is not None:
         claims["exp"] = exp
-    header_b64 = _b64url_encode(b'{"alg":"EdDSA","typ":"JWT"}')
-    claims_b64 = _b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+    header_b64 = b64url_encode(b'{"alg":"EdDSA","typ":"JWT"}')
+    claims_b64 = b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
     signing_input = f"{header_b64}.{claims_b64}"
-    return f"{signing_input}.{_b64url_encode(private_key.sign(signing_input.encode()))}"
+    return f"{signing_input}.{b64url_encode(private_key.sign(signing_input.encode()))}"

@@ -9,26 +9,27 @@ honoured with a small leeway for clock skew.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
-import math
-import re
 import time
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
-from relaypush.domain.errors import FieldError, Unauthorized
+from relaypush.auth.jwt_parts import (
+    b64url_decode,
+    b64url_encode,
+    json_part,
+    refuse,
+    seconds_claim,
+)
 
 __all__ = ["DEFAULT_LEEWAY", "TenantClaims", "make_tenant_jwt", "verify_tenant_jwt"]
 
-AUTHORIZATION_HEADER: Final = "Authorization"
 #: Seconds of clock skew allowed on ``exp`` and ``nbf``.
 DEFAULT_LEEWAY: Final = 30.0
 _MAX_TOKEN_LENGTH: Final = 8192
-_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 _HEADER: Final = b'{"alg":"HS256","typ":"JWT"}'
 
 
@@ -37,45 +38,6 @@ class TenantClaims(msgspec.Struct, frozen=True, kw_only=True):
 
     sub: str
     exp: float
-
-
-def _refuse(description: str) -> Unauthorized:
-    return Unauthorized(fields=(FieldError(AUTHORIZATION_HEADER, description, "header"),))
-
-
-def _b64url_decode(part: str) -> bytes:
-    if _B64URL.fullmatch(part) is None or len(part) % 4 == 1:
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _json_object(part: str, what: str) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(_b64url_decode(part))
-    except (msgspec.MsgspecError, ValueError, binascii.Error) as exc:
-        raise _refuse(f"malformed JWT: the {what} is not base64url JSON") from exc
-    if not isinstance(value, dict):
-        raise _refuse(f"malformed JWT: the {what} is not a JSON object")
-    return value
-
-
-def _seconds(claims: dict[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _refuse(f"JWT claim {name!r} must be a number of Unix seconds")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        seconds = math.inf
-    if not math.isfinite(seconds):
-        raise _refuse(f"JWT claim {name!r} must be a finite number of Unix seconds")
-    return seconds
 
 
 def _signature(secret: str, signing_input: str) -> bytes:
@@ -97,38 +59,38 @@ def verify_tenant_jwt(
     if not secret:
         raise ValueError("an HS256 secret must not be empty")
     if len(token) > _MAX_TOKEN_LENGTH:
-        raise _refuse(f"malformed JWT: longer than {_MAX_TOKEN_LENGTH} characters")
+        raise refuse(f"malformed JWT: longer than {_MAX_TOKEN_LENGTH} characters")
     parts = token.split(".")
     if len(parts) != 3:
-        raise _refuse("malformed JWT: expected three base64url parts separated by '.'")
+        raise refuse("malformed JWT: expected three base64url parts separated by '.'")
     header_b64, claims_b64, signature_b64 = parts
-    header = _json_object(header_b64, "header")
+    header = json_part(header_b64, "header")
     if header.get("alg") != "HS256":
-        raise _refuse(f"unsupported JWT alg {header.get('alg')!r}: expected 'HS256'")
+        raise refuse(f"unsupported JWT alg {header.get('alg')!r}: expected 'HS256'")
     if header.get("typ", "JWT") != "JWT":
-        raise _refuse(f"unsupported JWT typ {header.get('typ')!r}: expected 'JWT'")
+        raise refuse(f"unsupported JWT typ {header.get('typ')!r}: expected 'JWT'")
     try:
-        signature = _b64url_decode(signature_b64)
+        signature = b64url_decode(signature_b64)
     except (ValueError, binascii.Error) as exc:
-        raise _refuse("malformed JWT: the signature is not base64url") from exc
+        raise refuse("malformed JWT: the signature is not base64url") from exc
     expected = _signature(secret, f"{header_b64}.{claims_b64}")
     if not hmac.compare_digest(signature, expected):
-        raise _refuse("JWT signature does not verify with the tenant JWT secret")
-    claims = _json_object(claims_b64, "claims")
+        raise refuse("JWT signature does not verify with the tenant JWT secret")
+    claims = json_part(claims_b64, "claims")
     current = time.time() if now is None else now
-    exp = _seconds(claims, "exp")
+    exp = seconds_claim(claims, "exp")
     if exp is None:
-        raise _refuse("JWT claim 'exp' is required")
+        raise refuse("JWT claim 'exp' is required")
     if current > exp + leeway:
-        raise _refuse(f"JWT expired {current - exp:.0f} s ago")
-    nbf = _seconds(claims, "nbf")
+        raise refuse(f"JWT expired {current - exp:.0f} s ago")
+    nbf = seconds_claim(claims, "nbf")
     if nbf is not None and nbf > current + leeway:
-        raise _refuse(f"JWT is not valid for another {nbf - current:.0f} s ('nbf')")
+        raise refuse(f"JWT is not valid for another {nbf - current:.0f} s ('nbf')")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
-        raise _refuse("JWT claim 'sub' must be the tenant id")
+        raise refuse("JWT claim 'sub' must be the tenant id")
     if not hmac.compare_digest(sub.encode(), tenant_id.encode()):
-        raise _refuse("JWT claim 'sub' is another tenant: a tenant JWT opens its own tenant only")
+        raise refuse("JWT claim 'sub' is another tenant: a tenant JWT opens its own tenant only")
     return TenantClaims(sub=sub, exp=exp)
 
 
@@ -137,5 +99,5 @@ def make_tenant_jwt(secret: str, *, tenant_id: str, exp: float, iat: float | Non
     claims: dict[str, object] = {"sub": tenant_id, "exp": int(exp)}
     if iat is not None:
         claims["iat"] = int(iat)
-    signing_input = f"{_b64url_encode(_HEADER)}.{_b64url_encode(msgspec.json.encode(claims))}"
-    return f"{signing_input}.{_b64url_encode(_signature(secret, signing_input))}"
+    signing_input = f"{b64url_encode(_HEADER)}.{b64url_encode(msgspec.json.encode(claims))}"
+    return f"{signing_input}.{b64url_encode(_signature(secret, signing_input))}"
