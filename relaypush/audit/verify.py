@@ -196,8 +196,7 @@ class ChainVerifier:
             self._break(
                 position,
                 BreakKind.REORDERED,
-                f"position {position} comes after position {expected - 1}: "
-                "events were reordered",
+                f"position {position} comes after position {expected - 1}: events were reordered",
             )
         return False
 
