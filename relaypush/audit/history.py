@@ -152,7 +152,7 @@ def render_entry(record: RecordedEvent) -> HistoryEntry:
     tenant_id = data.pop("tenant_id")
     if isinstance(event, ClientRegistered):
         del data["token"]
-        data["token_fingerprint"] = fingerprint(event.token)
+        data["token_fingerprint"] = fingerprint(event.token) if event.token else None
     elif isinstance(event, AuditCheckpoint):
         del data["digests"]
         data["leaves"] = event.covered_to - event.covered_from + 1

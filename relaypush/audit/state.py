@@ -130,7 +130,7 @@ class ClientFold:
             last_event_position=self.last_position,
             registered=state.registered,
             provider=state.provider,
-            token_fingerprint=fingerprint(state.token) if state.token is not None else None,
+            token_fingerprint=fingerprint(state.token) if state.token else None,
             always_raw=state.always_raw,
             registered_at=self.registered_at if state.registered else None,
             unregistered_at=None if state.registered else self.unregistered_at,
