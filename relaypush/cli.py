@@ -21,6 +21,7 @@ from projections.errors import ProjectionError
 from projections.rebuild import rebuild_and_swap
 from projections.status import LockHolder, schema_status
 from relaypush import runtime
+from relaypush.audit.cli import add_audit_parser, needs_event_log, run_audit
 from relaypush.config import ConfigError, Settings, load_settings
 from relaypush.logs import configure_logging
 from relaypush.progress import Progress
@@ -116,6 +117,19 @@ async def _rotate_key(settings: Settings) -> None:
         raise SystemExit(1)
 
 
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    async def audit() -> int:
+        if not needs_event_log(args):  # `audit verify --file`: offline, connects to nothing
+            return await run_audit(args, None, settings)
+        async with runtime.open_backends(settings, database=False) as backends:
+            return await run_audit(args, backends.event_log, settings)
+
+    try:
+        return asyncio.run(audit())
+    except KeyboardInterrupt:
+        return 130
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaypush", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relaypush {version('relaypush')}")
@@ -139,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     tenants.add_subparsers(dest="action", required=True).add_parser(
         "rotate-key", help="re-seal every tenant credential under RELAYPUSH_CREDENTIALS_KEY"
     )
+    add_audit_parser(sub)
     return parser
 
 
@@ -150,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relaypush: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if args.command == "audit":
+        return _audit(args, settings)
     commands: dict[str, Callable[[Settings], Coroutine[Any, Any, None]]] = {
         "serve": runtime.serve,
         "api": runtime.run_api,

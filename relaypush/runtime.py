@@ -30,6 +30,7 @@ import uvicorn
 from eventstore.jetstream import JetStreamEventLog
 from projections.runner import Projector
 from projections.schema import migrate
+from relaypush.audit.chainer import Chainer
 from relaypush.config import Settings
 from relaypush.delivery.apns import ApnsProvider
 from relaypush.delivery.dispatcher import Dispatcher
@@ -221,7 +222,11 @@ async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False)
     service = RelayService(backends.event_log, enabled_providers=enabled_providers(settings))
     async with open_credential_store(settings, backends.database_url) as credentials:
         app = create_app(
-            settings=settings, service=service, replay_guard=guard, credentials=credentials
+            settings=settings,
+            service=service,
+            replay_guard=guard,
+            credentials=credentials,
+            event_log=backends.event_log,
         )
         config = uvicorn.Config(
             app,
@@ -279,6 +284,13 @@ async def _projector(backends: Backends, stop: asyncio.Event) -> None:
     await projector.run(stop)
 
 
+async def _chainer(backends: Backends, stop: asyncio.Event) -> None:
+    """The audit chainer, when RELAYPUSH_AUDIT_SIGNING_KEY is set (docs/audit.md)."""
+    chainer = Chainer.from_settings(backends.event_log, backends.settings)
+    if chainer is not None:
+        await chainer.run(stop)
+
+
 async def _run(
     settings: Settings,
     parts: tuple[Callable[[Backends, asyncio.Event], Coroutine[Any, Any, None]], ...],
@@ -308,7 +320,7 @@ async def _run(
 
 async def serve(settings: Settings) -> None:
     """API, dispatcher and projector in one process."""
-    await _run(settings, (_api, _dispatcher, _projector), database=True)
+    await _run(settings, (_api, _dispatcher, _projector, _chainer), database=True)
 
 
 async def run_api(settings: Settings, *, worker: bool = False) -> None:
@@ -322,4 +334,4 @@ async def run_dispatcher(settings: Settings) -> None:
 
 
 async def run_projector(settings: Settings) -> None:
-    await _run(settings, (_projector,), database=True, metrics=True)
+    await _run(settings, (_projector, _chainer), database=True, metrics=True)
