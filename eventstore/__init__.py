@@ -10,6 +10,7 @@ from eventstore.errors import (
     WrongExpectedVersion,
 )
 from eventstore.jetstream import JetStreamEventLog
+from eventstore.keystore import InMemoryKeyStore, JetStreamKeyStore, KeyStore
 from eventstore.log import (
     ANY,
     REST,
@@ -34,10 +35,13 @@ __all__ = [
     "EventLogUnavailable",
     "EventStoreError",
     "InMemoryEventLog",
+    "InMemoryKeyStore",
     "InMemoryOnce",
     "InvalidSubject",
     "JetStreamEventLog",
+    "JetStreamKeyStore",
     "JetStreamOnce",
+    "KeyStore",
     "Once",
     "RecordedEvent",
     "Subject",

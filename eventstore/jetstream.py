@@ -36,6 +36,7 @@ from eventstore.errors import (
     WrongExpectedVersion,
 )
 from eventstore.headers import checked_headers
+from eventstore.keystore import JetStreamKeyStore
 from eventstore.log import (
     REST,
     AppendResult,
@@ -341,6 +342,10 @@ class JetStreamEventLog:
         return await JetStreamOnce.open(
             self._js, f"{self._stream}_{name}", ttl=ttl, replicas=replicas
         )
+
+    async def keys(self, name: str = "KEYS", *, replicas: int = 1) -> JetStreamKeyStore:
+        """A key store (``eventstore.keystore``) named ``<stream>_<name>`` on this server."""
+        return await JetStreamKeyStore.open(self._js, f"{self._stream}_{name}", replicas=replicas)
 
     async def close(self) -> None:
         """Close the connection if this log opened it."""

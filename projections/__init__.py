@@ -8,6 +8,7 @@ service runs and swaps them in; :func:`schema_status` tells where a schema stand
 :mod:`relaypush.domain` only.
 """
 
+from projections.batch import Opener
 from projections.checkpoint import AppliedBatch, apply_events, apply_records, read_checkpoint
 from projections.compare import compare_schemas
 from projections.errors import (
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointStatus",
     "LockHolder",
     "MigrationError",
+    "Opener",
     "ProjectionError",
     "ProjectionUnavailable",
     "Projector",

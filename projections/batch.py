@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 import structlog
@@ -18,7 +19,14 @@ import structlog
 from eventstore import RecordedEvent
 from relaypush.domain.events import AnyEvent, Event, decode_event
 
-__all__ = ["Batch", "DecodedBatch", "PositionedEvent", "decode_records", "recordset"]
+__all__ = [
+    "Batch",
+    "DecodedBatch",
+    "Opener",
+    "PositionedEvent",
+    "decode_records",
+    "recordset",
+]
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -30,6 +38,17 @@ PositionedEvent = tuple[int, Event]
 
 Batch = Sequence[PositionedEvent]
 """What every applier takes: events in ascending position order."""
+
+
+class Opener(Protocol):
+    """Opens the personal fields events carry sealed (``relaypush.privacy.Sealer``).
+
+    Takes and returns events in position order; an event it cannot open (its client's key was
+    destroyed) comes back still sealed, and the read models store its personal fields as null,
+    as they do from ``client.erased`` on. Without an opener every sealed event reads so.
+    """
+
+    async def open_batch(self, events: Sequence[PositionedEvent]) -> list[PositionedEvent]: ...
 
 
 @dataclass(frozen=True, slots=True)

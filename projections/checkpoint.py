@@ -20,7 +20,7 @@ from psycopg import sql
 
 from eventstore import RecordedEvent
 from projections import devices, inbox, messages, tenants
-from projections.batch import Batch, PositionedEvent, decode_records
+from projections.batch import Batch, Opener, PositionedEvent, decode_records
 from projections.errors import CheckpointMoved, ProjectionUnavailable
 from projections.schema import CHECKPOINT_NAME
 from relaypush.domain.events import Event
@@ -113,9 +113,11 @@ async def apply_records(
     records: Iterable[RecordedEvent],
     *,
     expected_checkpoint: int | None = None,
+    opener: Opener | None = None,
 ) -> AppliedBatch:
     """In one transaction: lock the checkpoint, skip records at or below it, apply the others
-    and move the checkpoint to the highest position among them.
+    and move the checkpoint to the highest position among them. ``opener`` opens the sealed
+    personal fields of the events first, before the transaction.
 
     With ``expected_checkpoint``, raise :class:`CheckpointMoved` (applying nothing) when the
     stored checkpoint differs: someone rebuilt or restored the schema. Failures worth a retry
@@ -123,6 +125,9 @@ async def apply_records(
     :class:`ProjectionUnavailable`.
     """
     decoded = decode_records(records)
+    opened = decoded.events
+    if opener is not None and opened:
+        opened = await opener.open_batch(opened)
     try:
         async with conn.transaction(), conn.cursor() as cur:
             current = await _position(cur, schema, lock=True)
@@ -130,7 +135,7 @@ async def apply_records(
                 raise CheckpointMoved(expected_checkpoint, current)
             if decoded.last_position <= current:
                 return AppliedBatch(0, current)
-            events = [pe for pe in decoded.events if pe[0] > current]
+            events = [pe for pe in opened if pe[0] > current]
             async with conn.pipeline():
                 await apply_events(cur, schema, events)
                 await cur.execute(_update_sql(schema), (CHECKPOINT_NAME, decoded.last_position))

@@ -2,15 +2,17 @@
 
 ``client.registered`` upserts an active device (its first registration time is kept, a former
 unregistration is cleared); ``client.unregistered`` marks a known device inactive with time and
-reason. A batch is first folded per client into one final change (pure, :func:`plan`), then
-written with two statements whatever its size: an upsert for clients that
-registered in the batch, an update for clients that only unregistered. ``last_position`` guards
-every write, so a row never moves backwards.
+reason; ``client.erased`` nulls the token (the erasure unregistered the client just before). A
+registration whose token cannot be opened (its client was erased since) stores a null token.
+A batch is first folded per client into one final change (pure, :func:`plan`), then written
+with at most three statements whatever its size: an upsert for clients that registered in the
+batch, an update for clients that only unregistered, one for clients only erased.
+``last_position`` guards every write, so a row never moves backwards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -20,11 +22,21 @@ import psycopg
 from psycopg import sql
 
 from projections.batch import Batch, recordset
-from relaypush.domain.events import ClientRegistered, ClientUnregistered, Event
+from relaypush.domain.events import ClientErased, ClientRegistered, ClientUnregistered, Event
 
-__all__ = ["EVENT_TYPES", "DevicePlan", "DeviceUnregistration", "DeviceUpsert", "apply", "plan"]
+__all__ = [
+    "EVENT_TYPES",
+    "DeviceErasure",
+    "DevicePlan",
+    "DeviceUnregistration",
+    "DeviceUpsert",
+    "apply",
+    "plan",
+]
 
-EVENT_TYPES: frozenset[type[Event]] = frozenset({ClientRegistered, ClientUnregistered})
+EVENT_TYPES: frozenset[type[Event]] = frozenset(
+    {ClientRegistered, ClientUnregistered, ClientErased}
+)
 """The events this read model takes."""
 
 
@@ -34,7 +46,7 @@ class DeviceUpsert(msgspec.Struct, gc=False):
     tenant_id: str
     client_id: str
     provider: str
-    token: str
+    token: str | None
     always_raw: bool
     active: bool
     first_registered_at: datetime
@@ -52,6 +64,15 @@ class DeviceUnregistration(msgspec.Struct, gc=False):
     unregistered_at: datetime
     reason: str
     last_position: int
+    erased: bool = False
+
+
+class DeviceErasure(msgspec.Struct, gc=False):
+    """The token of a device known before the batch is erased."""
+
+    tenant_id: str
+    client_id: str
+    last_position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +81,12 @@ class DevicePlan:
 
     upserts: list[DeviceUpsert]
     unregistrations: list[DeviceUnregistration]
+    erasures: list[DeviceErasure] = field(default_factory=list)
 
 
 def plan(batch: Batch) -> DevicePlan:
     """Fold a batch of ``(position, event)`` in position order into one change per client."""
-    changes: dict[tuple[str, str], DeviceUpsert | DeviceUnregistration] = {}
+    changes: dict[tuple[str, str], DeviceUpsert | DeviceUnregistration | DeviceErasure] = {}
     for position, event in batch:
         match event:
             case ClientRegistered():
@@ -79,7 +101,7 @@ def plan(batch: Batch) -> DevicePlan:
                     tenant_id=event.tenant_id,
                     client_id=event.client_id,
                     provider=event.provider,
-                    token=event.token,
+                    token=event.token if event.sealed is None else None,
                     always_raw=event.always_raw,
                     active=True,
                     first_registered_at=first,
@@ -103,12 +125,26 @@ def plan(batch: Batch) -> DevicePlan:
                         unregistered_at=event.occurred_at,
                         reason=event.reason,
                         last_position=position,
+                        erased=isinstance(previous, DeviceErasure)
+                        or (isinstance(previous, DeviceUnregistration) and previous.erased),
                     )
+            case ClientErased():
+                key = (event.tenant_id, event.client_id)
+                previous = changes.get(key)
+                if isinstance(previous, DeviceUpsert | DeviceUnregistration):
+                    if isinstance(previous, DeviceUpsert):
+                        previous.token = None
+                    else:
+                        previous.erased = True
+                    previous.last_position = position
+                else:
+                    changes[key] = DeviceErasure(event.tenant_id, event.client_id, position)
             case _:
                 pass
     upserts = [c for c in changes.values() if isinstance(c, DeviceUpsert)]
     unregistrations = [c for c in changes.values() if isinstance(c, DeviceUnregistration)]
-    return DevicePlan(upserts, unregistrations)
+    erasures = [c for c in changes.values() if isinstance(c, DeviceErasure)]
+    return DevicePlan(upserts, unregistrations, erasures)
 
 
 @cache
@@ -145,10 +181,24 @@ def _unregister_sql(schema: str) -> sql.Composed:
             active = false,
             unregistered_at = u.unregistered_at,
             unregister_reason = u.reason,
+            token = CASE WHEN u.erased THEN NULL ELSE d.token END,
             last_position = u.last_position
         FROM json_to_recordset(%s::json) AS u(
             tenant_id text, client_id text, unregistered_at timestamptz, reason text,
-            last_position bigint)
+            last_position bigint, erased boolean)
+        WHERE d.tenant_id = u.tenant_id AND d.client_id = u.client_id
+            AND d.last_position < u.last_position
+        """
+    ).format(sql.Identifier(schema, "devices"))
+
+
+@cache
+def _erase_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        """
+        UPDATE {} AS d SET token = NULL, last_position = u.last_position
+        FROM json_to_recordset(%s::json) AS u(
+            tenant_id text, client_id text, last_position bigint)
         WHERE d.tenant_id = u.tenant_id AND d.client_id = u.client_id
             AND d.last_position < u.last_position
         """
@@ -156,9 +206,11 @@ def _unregister_sql(schema: str) -> sql.Composed:
 
 
 async def apply(cur: psycopg.AsyncCursor[Any], schema: str, batch: Batch) -> None:
-    """Apply a batch to ``<schema>.devices`` in at most two statements."""
+    """Apply a batch to ``<schema>.devices`` in at most three statements."""
     changes = plan(batch)
     if changes.upserts:
         await cur.execute(_upsert_sql(schema), (recordset(changes.upserts),))
     if changes.unregistrations:
         await cur.execute(_unregister_sql(schema), (recordset(changes.unregistrations),))
+    if changes.erasures:
+        await cur.execute(_erase_sql(schema), (recordset(changes.erasures),))

@@ -6,6 +6,11 @@ pushes. ``inbox.read`` marks rows read, keeping the first read time. A batch is 
 (pure, :func:`plan`) into one insert and read mark, written by one statement, in rounds as in
 :mod:`projections.messages`: a read mark seen before its row starts a new round, so the result
 never depends on where the batches were cut.
+
+``client.erased`` nulls the content (title, body, icon, url, type, blob, raw message) of every
+row the client has so far; a notification whose content cannot be opened (its client was erased
+since) is inserted without content. The batch is cut at each erasure: the rows before it are
+written, then erased, then the rest follows.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import psycopg
 from psycopg import sql
 
 from projections.batch import Batch, recordset
-from relaypush.domain.events import Event, InboxRead, NotificationAccepted
+from relaypush.domain.events import ClientErased, Event, InboxRead, NotificationAccepted
 
 __all__ = ["EVENT_TYPES", "InboxChange", "apply", "plan"]
 
 Key = tuple[str, str, str]
 
-EVENT_TYPES: frozenset[type[Event]] = frozenset({NotificationAccepted, InboxRead})
+EVENT_TYPES: frozenset[type[Event]] = frozenset({NotificationAccepted, InboxRead, ClientErased})
 """The events this read model takes."""
 
 
@@ -50,7 +55,17 @@ class InboxChange(msgspec.Struct, omit_defaults=True, gc=False):
 
     @classmethod
     def entry(cls, event: NotificationAccepted) -> InboxChange:
-        """The row a notification adds to its client's inbox."""
+        """The row a notification adds to its client's inbox (without content when it is still
+        sealed: its client was erased)."""
+        if event.sealed is not None:
+            return cls(
+                tenant_id=event.tenant_id,
+                client_id=event.client_id,
+                message_id=event.message_id,
+                topic=event.topic,
+                flags=event.flags,
+                created_at=event.occurred_at,
+            )
         notify = event.notify
         if notify is None:
             return cls(
@@ -139,7 +154,26 @@ def _write_sql(schema: str) -> sql.Composed:
     ).format(table=sql.Identifier(schema, "inbox"))
 
 
+@cache
+def _erase_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        """
+        UPDATE {} SET title = NULL, body = NULL, icon = NULL, url = NULL, type = NULL,
+            blob = NULL, raw_message = NULL
+        WHERE tenant_id = %s AND client_id = %s
+        """
+    ).format(sql.Identifier(schema, "inbox"))
+
+
 async def apply(cur: psycopg.AsyncCursor[Any], schema: str, batch: Batch) -> None:
-    """Apply a batch to ``<schema>.inbox``: one statement per round, one round usually."""
-    for changes in plan(batch):
+    """Apply a batch to ``<schema>.inbox``: one statement per round, one round usually, and
+    one per erasure."""
+    start = 0
+    for index, (_, event) in enumerate(batch):
+        if isinstance(event, ClientErased):
+            for changes in plan(batch[start:index]):
+                await cur.execute(_write_sql(schema), (recordset(changes),))
+            await cur.execute(_erase_sql(schema), (event.tenant_id, event.client_id))
+            start = index + 1
+    for changes in plan(batch[start:]):
         await cur.execute(_write_sql(schema), (recordset(changes),))

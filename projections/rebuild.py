@@ -63,6 +63,7 @@ import structlog
 from psycopg import sql
 
 from eventstore import EventLog, EventStoreError, RecordedEvent
+from projections.batch import Opener
 from projections.checkpoint import apply_records, read_checkpoint
 from projections.compare import compare_schemas
 from projections.errors import ProjectionError, ProjectionUnavailable, RebuildError
@@ -196,6 +197,7 @@ async def _replay(
     *,
     batch_size: int,
     progress: Progress | None,
+    opener: Opener | None = None,
 ) -> tuple[int, int]:
     """Apply positions ``checkpoint + 1..last`` of the log to ``schema``, one transaction per
     batch (savepoints inside an open transaction); returns (events applied, new checkpoint)."""
@@ -208,7 +210,9 @@ async def _replay(
         while (item := await queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise RebuildError(f"reading the log failed: {item}") from item
-            result = await apply_records(conn, schema, item, expected_checkpoint=checkpoint)
+            result = await apply_records(
+                conn, schema, item, expected_checkpoint=checkpoint, opener=opener
+            )
             applied += result.applied
             checkpoint = result.checkpoint
             if progress is not None:
@@ -233,10 +237,11 @@ async def rebuild_into(
     *,
     progress: Progress | None = None,
     batch_size: int = REBUILD_BATCH,
+    opener: Opener | None = None,
 ) -> int:
     """Drop ``target_schema`` if it exists, create it fresh and replay the whole log (up to its
     head at the time of the call) into it; returns the number of events applied. The target is
-    not swapped in anywhere."""
+    not swapped in anywhere. ``opener`` opens sealed personal fields (see :class:`Opener`)."""
     check_schema_name(target_schema)
     last = await _head(log)
     conn = await _connect(conninfo)
@@ -245,7 +250,14 @@ async def rebuild_into(
         await conn.execute("SET synchronous_commit = off")
         await _create(conn, target_schema)
         applied, _ = await _replay(
-            conn, log, target_schema, 0, last, batch_size=batch_size, progress=progress
+            conn,
+            log,
+            target_schema,
+            0,
+            last,
+            batch_size=batch_size,
+            progress=progress,
+            opener=opener,
         )
     except psycopg.Error as exc:
         raise RebuildError(f"rebuilding into {target_schema!r} failed: {exc}") from exc
@@ -314,6 +326,7 @@ async def _swap_once(
     batch_size: int,
     progress: Progress | None,
     lock_timeout: float | None,
+    opener: Opener | None = None,
 ) -> _Swapped:
     """Steps 3 and 5 of the protocol (module docstring)."""
     old = check_schema_name(f"{live}_old")
@@ -345,6 +358,7 @@ async def _swap_once(
                     live_position,
                     batch_size=batch_size,
                     progress=progress,
+                    opener=opener,
                 )
         carried = await _carry_over(conn, live, rebuilt)
         await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(old)))
@@ -397,6 +411,7 @@ async def swap_schemas(
     progress: Progress | None = None,
     batch_size: int = REBUILD_BATCH,
     lock_timeout: float | None = None,
+    opener: Opener | None = None,
 ) -> int:
     """In one transaction, put ``rebuilt`` in the place of ``live`` (the former live schema is
     renamed ``<live>_old``, then dropped), carrying over the tables of ``live`` that are not
@@ -415,6 +430,7 @@ async def swap_schemas(
             batch_size=batch_size,
             progress=progress,
             lock_timeout=lock_timeout,
+            opener=opener,
         )
     except psycopg.OperationalError as exc:
         raise ProjectionUnavailable(f"swapping {rebuilt!r} in for {live!r} failed: {exc}") from exc
@@ -431,6 +447,7 @@ async def _catch_up(
     *,
     batch_size: int,
     progress: Progress | None,
+    opener: Opener | None = None,
 ) -> tuple[int, int, int]:
     """Step 2: replay to the moving head until little is left; (applied, checkpoint, rounds)."""
     applied = rounds = 0
@@ -441,7 +458,14 @@ async def _catch_up(
         if lag <= SWAP_LAG or (previous_lag is not None and lag >= previous_lag):
             break  # close enough, or the writers are as fast as the replay
         count, reached = await _replay(
-            conn, log, schema, checkpoint, head, batch_size=batch_size, progress=progress
+            conn,
+            log,
+            schema,
+            checkpoint,
+            head,
+            batch_size=batch_size,
+            progress=progress,
+            opener=opener,
         )
         rounds += 1
         applied += count
@@ -470,11 +494,13 @@ async def rebuild_and_swap(
     *,
     progress: Progress | None = None,
     batch_size: int = REBUILD_BATCH,
+    opener: Opener | None = None,
 ) -> RebuildResult:
     """Rebuild ``schema`` beside the live one while the service runs, catch up to the log's
     head and swap it in (the protocol in the module docstring). Raises :class:`RebuildError`
     when a rebuild of the schema is already running or the swap cannot get its locks, and
-    leaves the live schema as it was on any failure."""
+    leaves the live schema as it was on any failure. ``opener`` opens sealed personal fields
+    (see :class:`~projections.batch.Opener`): give it the one the live projector has."""
     check_schema_name(schema)
     rebuilt = check_schema_name(f"{schema}_rebuild")
     check_schema_name(f"{schema}_old")
@@ -487,14 +513,20 @@ async def rebuild_and_swap(
         await _create(conn, rebuilt)
         head = await _head(log)
         applied, checkpoint = await _replay(
-            conn, log, rebuilt, 0, head, batch_size=batch_size, progress=progress
+            conn, log, rebuilt, 0, head, batch_size=batch_size, progress=progress, opener=opener
         )
         rounds = 0
         attempt = 0
         while True:
             attempt += 1
             count, checkpoint, more = await _catch_up(
-                conn, log, rebuilt, checkpoint, batch_size=batch_size, progress=progress
+                conn,
+                log,
+                rebuilt,
+                checkpoint,
+                batch_size=batch_size,
+                progress=progress,
+                opener=opener,
             )
             applied += count
             rounds += more
@@ -507,6 +539,7 @@ async def rebuild_and_swap(
                     batch_size=batch_size,
                     progress=progress,
                     lock_timeout=SWAP_LOCK_TIMEOUT,
+                    opener=opener,
                 )
             except psycopg.errors.LockNotAvailable as exc:
                 if attempt >= SWAP_ATTEMPTS:
@@ -557,7 +590,10 @@ async def rebuild(
     *,
     progress: Progress | None = None,
     batch_size: int = REBUILD_BATCH,
+    opener: Opener | None = None,
 ) -> int:
     """:func:`rebuild_and_swap`, returning the number of events applied."""
-    result = await rebuild_and_swap(log, conninfo, schema, progress=progress, batch_size=batch_size)
+    result = await rebuild_and_swap(
+        log, conninfo, schema, progress=progress, batch_size=batch_size, opener=opener
+    )
     return result.applied

@@ -30,6 +30,7 @@ import structlog
 from psycopg import sql
 
 from eventstore import REST, Delivery, EventLog, EventLogUnavailable, EventStoreError, Subscription
+from projections.batch import Opener
 from projections.checkpoint import apply_records, read_checkpoint, wait_for_position
 from projections.errors import CheckpointMoved, ProjectionUnavailable
 from projections.schema import check_schema_name, lock_key, migrate
@@ -120,6 +121,7 @@ class _Session:
                     p.schema,
                     [d.event for d in fresh],
                     expected_checkpoint=self.checkpoint,
+                    opener=p.opener,
                 )
             except CheckpointMoved as moved:
                 log.warning(
@@ -191,7 +193,10 @@ class Projector:
         durable: str | None = None,
         batch_size: int = 500,
         fetch_timeout: float = 1.0,
+        opener: Opener | None = None,
     ) -> None:
+        """``opener`` opens the personal fields events carry sealed (without it, they are
+        projected as erased)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.log = log
@@ -200,6 +205,7 @@ class Projector:
         self.durable = durable or default_durable(schema)
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        self.opener = opener
 
     @asynccontextmanager
     async def _session(self, stop: asyncio.Event | None) -> AsyncIterator[_Session | None]:

@@ -17,6 +17,7 @@ from eventstore import EventLog, RecordedEvent
 from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.clients import ClientEvent, ClientState, client_state
 from relaypush.domain.events import (
+    ClientErased,
     ClientRegistered,
     ClientUnregistered,
     decode_event,
@@ -39,7 +40,7 @@ async def load_client(log: EventLog, tenant_id: str, client_id: str) -> ClientSt
 
 def _client_event(record: RecordedEvent) -> ClientEvent:
     event = decode_event(record.data)
-    if not isinstance(event, ClientRegistered | ClientUnregistered):
+    if not isinstance(event, ClientRegistered | ClientUnregistered | ClientErased):
         raise TypeError(f"unexpected {type(event).__name__} at position {record.position}")
     return event
 

@@ -40,7 +40,11 @@ async def _rebuild(settings: Settings) -> None:
         progress = Progress("rebuild", sys.stderr)
         try:
             result = await rebuild_and_swap(
-                backends.event_log, backends.database_url, schema, progress=progress.update
+                backends.event_log,
+                backends.database_url,
+                schema,
+                progress=progress.update,
+                opener=backends.sealer,
             )
         except ProjectionError as exc:
             print(f"relaypush: rebuilding {schema} failed: {exc}", file=sys.stderr)

@@ -43,6 +43,7 @@ from relaypush.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from relaypush.http.app import create_app
 from relaypush.metrics import REGISTRY
 from relaypush.metrics_server import serve_metrics
+from relaypush.privacy import Sealer, open_sealer
 from relaypush.service import RelayService
 from relaypush.tenancy.store import open_credential_store
 
@@ -57,6 +58,8 @@ class Backends:
     database_url: str
     settings: Settings
     nats_url: str
+    sealer: Sealer
+    """Seals and opens personal fields with the client keys beside the log (relaypush.privacy)."""
 
 
 RUNTIME_FILE = "runtime.json"
@@ -125,6 +128,7 @@ async def open_backends(settings: Settings, *, database: bool = True) -> AsyncIt
                 database_url=database_url or "",
                 settings=settings,
                 nats_url=nats_url,
+                sealer=await open_sealer(event_log, settings),
             )
         finally:
             await event_log.close()
@@ -219,7 +223,9 @@ async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False)
         if shared and settings.relay_public_key
         else None
     )
-    service = RelayService(backends.event_log, enabled_providers=enabled_providers(settings))
+    service = RelayService(
+        backends.event_log, enabled_providers=enabled_providers(settings), sealer=backends.sealer
+    )
     async with open_credential_store(settings, backends.database_url) as credentials:
         app = create_app(
             settings=settings,
@@ -267,6 +273,7 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
                 deadline=settings.delivery_deadline,
                 concurrency=settings.dispatcher_concurrency,
                 send_timeout=settings.send_timeout,
+                sealer=backends.sealer,
             )
             try:
                 await dispatcher.run(stop)
@@ -279,7 +286,10 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
 
 async def _projector(backends: Backends, stop: asyncio.Event) -> None:
     projector = Projector(
-        backends.event_log, backends.database_url, schema=backends.settings.database_schema
+        backends.event_log,
+        backends.database_url,
+        schema=backends.settings.database_schema,
+        opener=backends.sealer,
     )
     await projector.run(stop)
 

@@ -10,6 +10,12 @@ it with expected version 0 and the dedup key as idempotency key is the deduplica
 the log reports a duplicate (or the subject already holds an event) a ``notification.duplicate``
 is appended instead.
 
+With a :class:`~relaypush.privacy.Sealer` the device token of a registration and the personal
+content of an accepted push are sealed under the client's key before they are appended (the push
+path seals with a cached key: no extra round trip while the key is cached), and
+:meth:`RelayService.erase` makes them unreadable for good: unregister, destroy the key, append
+``client.erased``.
+
 A tenant other than the default one must exist (``POST /tenants``): its state is folded from its
 events and cached for at most a second (:class:`~relaypush.aggregates.TenantStatuses`, shared with
 the tenant API so that its changes apply here at once), so the push path still awaits one read
@@ -37,6 +43,7 @@ from relaypush.domain.clients import (
     PushToClient,
     RegisterClient,
     UnregisterClient,
+    decide_erase,
     decide_push,
     decide_register,
     decide_unregister,
@@ -56,12 +63,15 @@ from relaypush.domain.streams import subject_for
 from relaypush.domain.tenants import TenantState, unknown_tenant
 from relaypush.domain.tenants import enabled_providers as tenant_providers
 from relaypush.metrics import REGISTRY, Registry
+from relaypush.privacy import Sealer
 
 __all__ = [
     "Accepted",
     "ConcurrentUpdate",
     "Dropped",
     "Duplicate",
+    "Erased",
+    "ErasureNotConfigured",
     "PushOutcome",
     "RelayService",
 ]
@@ -95,8 +105,23 @@ class Dropped:
 PushOutcome = Accepted | Duplicate | Dropped
 
 
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """A client was erased: ``client.erased`` is at ``position``."""
+
+    position: int
+    unregistered: bool
+    """The client was registered, and a ``client.unregistered`` (reason ``erased``) came first."""
+    key_ids: tuple[str, ...]
+    """The keys destroyed (none when the client never had one)."""
+
+
 class ConcurrentUpdate(Exception):
     """A client changed under every one of ``MAX_ATTEMPTS`` attempts; the caller may retry."""
+
+
+class ErasureNotConfigured(Exception):
+    """The service has no key store: nothing is sealed, so nothing could be erased."""
 
 
 def _utc_now() -> datetime:
@@ -119,13 +144,17 @@ class RelayService:
         new_id: Callable[[], str] = _new_id,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Registry = REGISTRY,
+        sealer: Sealer | None = None,
     ) -> None:
         """``enabled_providers(tenant_id)``: the client types the default tenant may register
         (its credentials come from the settings); other tenants' follow their credentials.
 
         ``clock`` dates events, ``new_id`` names them, ``monotonic`` times the tenant cache.
+        ``sealer`` seals personal fields (without it they are appended in plain text and
+        :meth:`erase` is refused).
         """
         self._log = log
+        self._sealer = sealer or Sealer(None)
         self._enabled_providers = enabled_providers
         self._clock = clock
         self._new_id = new_id
@@ -138,6 +167,11 @@ class RelayService:
     def log(self) -> EventLog:
         """The event log this service appends to."""
         return self._log
+
+    @property
+    def sealer(self) -> Sealer:
+        """Seals and opens the personal fields of this service's events."""
+        return self._sealer
 
     @property
     def tenants(self) -> TenantStatuses:
@@ -165,6 +199,7 @@ class RelayService:
             event = decide_register(
                 state, command, enabled=enabled, event_id=self._new_id(), now=self._clock()
             )
+            event = await self._sealer.seal_registration(event)
             if await self._append_client_event(event, state):
                 return
         raise ConcurrentUpdate(f"client {req.client_id!r} kept changing while registering")
@@ -208,10 +243,59 @@ class RelayService:
         if isinstance(event, NotificationDropped):
             await self._append(event)
             return Dropped(event.message_id, event.reason)
+        event = await self._sealer.seal_notification(event, state)
         if await self._append_accepted(event):
             return Accepted(event.message_id)
         await self._append(record_duplicate(event, event_id=self._new_id(), now=self._clock()))
         return Duplicate(event.message_id)
+
+    async def erase(self, tenant_id: str, client_id: str, *, request_id: str) -> Erased:
+        """Erase a client: unregister it if it is registered (reason ``erased``), destroy its
+        key, then append ``client.erased``, so every personal field sealed under the key is
+        unreadable from then on. Works for any tenant, deleted ones included.
+
+        ``client.erased`` is appended at the version that follows the unregistration: a
+        registration that slipped in between is unregistered and its key destroyed too, in
+        another round. Raises ``ErasureNotConfigured`` without a key store,
+        ``ConcurrentUpdate`` after losing every round, and the log's and store's errors.
+        """
+        keys = self._sealer.keys
+        if keys is None:
+            raise ErasureNotConfigured("no key store: personal fields are not sealed")
+        destroyed: list[str] = []
+        was_registered = False
+        for _ in range(MAX_ATTEMPTS):
+            state = await self._load_client(tenant_id, client_id)
+            version = state.version
+            if state.registered:
+                command = UnregisterClient(
+                    tenant_id=tenant_id, client_id=client_id, reason="erased", request_id=request_id
+                )
+                unregistered = decide_unregister(
+                    state, command, event_id=self._new_id(), now=self._clock()
+                )
+                try:
+                    version = await self._append(unregistered, expected_version=state.version)
+                except WrongExpectedVersion:
+                    continue
+                was_registered = True
+            key_id = await keys.destroy(tenant_id, client_id)
+            if key_id is not None:
+                destroyed.append(key_id)
+            erased = decide_erase(
+                tenant_id,
+                client_id,
+                key_ids=tuple(destroyed),
+                request_id=request_id,
+                event_id=self._new_id(),
+                now=self._clock(),
+            )
+            try:
+                position = await self._append(erased, expected_version=version)
+            except WrongExpectedVersion:
+                continue
+            return Erased(position, was_registered, tuple(destroyed))
+        raise ConcurrentUpdate(f"client {client_id!r} kept changing while erasing")
 
     async def _tenant(self, tenant_id: str) -> TenantState | None:
         """A tenant's cached state (None for the default tenant); ``InvalidRequest`` if unknown."""
@@ -257,11 +341,13 @@ class RelayService:
         self._appended.inc(type="notification.accepted")
         return True
 
-    async def _append(self, event: Event, *, expected_version: int | None = None) -> None:
-        await self._log.append(
+    async def _append(self, event: Event, *, expected_version: int | None = None) -> int:
+        """Append ``event``; returns its position."""
+        result = await self._log.append(
             subject_for(event), encode_event(event), expected_version=expected_version
         )
         self._appended.inc(type=_TAGS[type(event)])
+        return result.position
 
 
 def _tag(cls: type[Event]) -> str:

@@ -5,6 +5,7 @@ relaypush audit state     a client's state at a position or a time
 relaypush audit export    the log as JSON Lines
 relaypush audit import    an export into an empty log
 relaypush audit verify    the hash chain and checkpoint signatures, live or of an export
+relaypush audit erase     erase a client: its token and notification content become unreadable
 
 :func:`add_audit_parser` adds them to the ``relaypush`` parser; :func:`run_audit` runs the one
 parsed, on an open event log, and returns the exit status: 0 done (or verified), 1 the log is
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import IO, Any
 
 import msgspec
 
-from eventstore import EventLog
+from eventstore import EventLog, JetStreamEventLog
 from relaypush.audit.errors import AuditError, ImportRefused
 from relaypush.audit.export import export_log, import_export, read_export
 from relaypush.audit.history import (
@@ -39,6 +41,10 @@ from relaypush.audit.keys import PublicKey, SigningKey, public_key_from_hex
 from relaypush.audit.state import ClientSnapshot, client_state_at, parse_at, parse_time
 from relaypush.audit.verify import VerifyReport, verify
 from relaypush.config import DEFAULT_TENANT, Settings
+from relaypush.domain.errors import InvalidRequest
+from relaypush.domain.ids import validate_id
+from relaypush.privacy import Sealer, open_sealer
+from relaypush.service import RelayService
 
 __all__ = ["add_audit_parser", "needs_event_log", "run_audit"]
 
@@ -87,6 +93,13 @@ def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Ed25519 public key (64 hex digits); repeat for keys used before a rotation",
     )
     check.add_argument("--json", action="store_true")
+
+    erase = commands.add_parser(
+        "erase", help="erase a client: unregister it, destroy its key, record client.erased"
+    )
+    erase.add_argument("--client", required=True)
+    erase.add_argument("--tenant", default=DEFAULT_TENANT)
+    erase.add_argument("--json", action="store_true")
     return audit
 
 
@@ -97,10 +110,16 @@ def needs_event_log(args: argparse.Namespace) -> bool:
 
 
 async def run_audit(
-    args: argparse.Namespace, event_log: EventLog | None, settings: Settings
+    args: argparse.Namespace,
+    event_log: EventLog | None,
+    settings: Settings,
+    *,
+    sealer: Sealer | None = None,
 ) -> int:
     """Run the parsed ``audit`` command against ``event_log`` (None will do when
-    :func:`needs_event_log` says so); returns the exit status."""
+    :func:`needs_event_log` says so); returns the exit status. ``sealer`` opens personal fields
+    for ``history`` and ``state`` (without it they show as ``sealed``) and destroys keys for
+    ``erase`` (without it, ``erase`` opens the key store of a JetStream log itself)."""
     try:
         if event_log is None:
             if needs_event_log(args):
@@ -108,9 +127,11 @@ async def run_audit(
             return await _verify(args, None, settings)
         match args.audit_command:
             case "history":
-                return await _history(args, event_log)
+                return await _history(args, event_log, sealer)
             case "state":
-                return await _state(args, event_log)
+                return await _state(args, event_log, sealer)
+            case "erase":
+                return await _erase(args, event_log, settings, sealer)
             case "export":
                 return await _export(args, event_log)
             case "import":
@@ -152,24 +173,24 @@ def _entry_line(entry: HistoryEntry, as_json: bool) -> str:
     )
 
 
-async def _history(args: argparse.Namespace, event_log: EventLog) -> int:
+async def _history(args: argparse.Namespace, event_log: EventLog, sealer: Sealer | None) -> int:
     query = _query(args)
     out = sys.stdout
     if args.follow:
         stop = asyncio.Event()
         with _stop_on_signals(stop):
-            async with aclosing(follow_history(event_log, query, stop)) as entries:
+            async with aclosing(follow_history(event_log, query, stop, sealer=sealer)) as entries:
                 async for entry in entries:
                     print(_entry_line(entry, args.json), file=out, flush=True)
         return 0
     if args.limit is not None:
-        page = await history_page(event_log, query)
+        page = await history_page(event_log, query, sealer=sealer)
         for entry in page.events:
             print(_entry_line(entry, args.json), file=out)
         if page.next_cursor is not None:
             print(f"more: --after {page.next_cursor}", file=sys.stderr)
         return 0
-    async with aclosing(history(event_log, query)) as found:
+    async with aclosing(history(event_log, query, sealer=sealer)) as found:
         async for entry in found:
             print(_entry_line(entry, args.json), file=out)
     return 0
@@ -219,13 +240,49 @@ def _describe_state(snapshot: ClientSnapshot) -> str:
     return "\n".join(lines)
 
 
-async def _state(args: argparse.Namespace, event_log: EventLog) -> int:
+async def _state(args: argparse.Namespace, event_log: EventLog, sealer: Sealer | None) -> int:
     at = parse_at(args.at) if args.at else None
-    snapshot = await client_state_at(event_log, args.tenant, args.client, at)
+    snapshot = await client_state_at(event_log, args.tenant, args.client, at, sealer=sealer)
     if args.json:
         print(_json.encode(snapshot).decode())
     else:
         print(_describe_state(snapshot))
+    return 0
+
+
+async def _erase(
+    args: argparse.Namespace, event_log: EventLog, settings: Settings, sealer: Sealer | None
+) -> int:
+    try:
+        client_id = validate_id(args.client, field="--client", location="query", kind="client")
+        tenant_id = validate_id(args.tenant, field="--tenant", location="query", kind="tenant")
+    except InvalidRequest as exc:
+        raise AuditError("; ".join(f"{f.field}: {f.description}" for f in exc.fields)) from exc
+    if sealer is None:
+        if not isinstance(event_log, JetStreamEventLog):
+            raise AuditError("audit erase needs the key store beside the event log")
+        sealer = await open_sealer(event_log, settings)
+    service = RelayService(event_log, enabled_providers=lambda _: frozenset(), sealer=sealer)
+    done = await service.erase(tenant_id, client_id, request_id="cli-" + uuid.uuid4().hex)
+    if args.json:
+        print(
+            _json.encode(
+                {
+                    "tenant_id": tenant_id,
+                    "client_id": client_id,
+                    "position": done.position,
+                    "unregistered": done.unregistered,
+                    "key_ids": list(done.key_ids),
+                }
+            ).decode()
+        )
+        return 0
+    what = "unregistered, " if done.unregistered else ""
+    keys = ", ".join(done.key_ids) if done.key_ids else "none (it had no key)"
+    print(
+        f"erased client {client_id} of tenant {tenant_id}: {what}key destroyed: {keys}; "
+        f"client.erased at position {done.position}"
+    )
     return 0
 
 

@@ -5,6 +5,11 @@ position order), a time range (the log's recorded time) and event types; entries
 first. Pages are cut by a cursor, the position of the last entry returned. Each entry shows the
 event's cause and its data with the device token replaced by its fingerprint; a checkpoint's
 leaves are shown as their count.
+
+Personal fields sealed under a client's key (:mod:`relaypush.privacy`) are opened with the
+``sealer`` given; where they cannot be (the client was erased) the entry shows ``"sealed":
+"erased"`` and the token fingerprint ``"erased"`` instead (``"sealed"`` when no sealer was
+given, so nothing was opened).
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ from relaypush.audit.errors import QueryError
 from relaypush.audit.export import recorded_time
 from relaypush.domain.events import (
     EVENT_TYPES,
-    AnyEvent,
     AuditCheckpoint,
     ClientRegistered,
     Event,
     decode_event,
 )
+from relaypush.domain.personal import sealed_of
 from relaypush.logs import fingerprint
+from relaypush.privacy import Sealer
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -43,6 +49,7 @@ __all__ = [
     "history",
     "history_page",
     "merged_read",
+    "open_entry",
     "render_entry",
     "subject_filters",
 ]
@@ -129,12 +136,17 @@ def subject_filters(query: HistoryQuery) -> list[SubjectFilter]:
     return [(REST,)]
 
 
-def render_entry(record: RecordedEvent) -> HistoryEntry:
-    """``record`` as a history entry: device tokens as fingerprints, leaves as a count."""
-    try:
-        event: AnyEvent | None = decode_event(record.data)
-    except msgspec.DecodeError as exc:
-        event, error = None, f"not a known event: {exc}"
+def render_entry(
+    record: RecordedEvent, event: Event | None = None, *, unopened: str = "sealed"
+) -> HistoryEntry:
+    """``record`` (or ``event``, its decoded and opened form) as a history entry: device tokens
+    as fingerprints, leaves as a count, personal fields still sealed as ``unopened``."""
+    error = ""
+    if event is None:
+        try:
+            event = decode_event(record.data)
+        except msgspec.DecodeError as exc:
+            error = f"not a known event: {exc}"
     if event is None:
         return HistoryEntry(
             position=record.position,
@@ -150,9 +162,19 @@ def render_entry(record: RecordedEvent) -> HistoryEntry:
     tag = data.pop("type")
     cause = data.pop("cause", {})
     tenant_id = data.pop("tenant_id")
+    sealed = sealed_of(event) is not None
+    if "sealed" in data:
+        if sealed:
+            data["sealed"] = unopened
+            if isinstance(data.get("raw"), dict):
+                data["raw"]["message"] = unopened
+        else:
+            del data["sealed"]
     if isinstance(event, ClientRegistered):
         del data["token"]
-        data["token_fingerprint"] = fingerprint(event.token) if event.token else None
+        data["token_fingerprint"] = (
+            unopened if sealed else fingerprint(event.token) if event.token else None
+        )
     elif isinstance(event, AuditCheckpoint):
         del data["digests"]
         data["leaves"] = event.covered_to - event.covered_from + 1
@@ -165,6 +187,17 @@ def render_entry(record: RecordedEvent) -> HistoryEntry:
         cause=cause,
         data=data,
     )
+
+
+async def open_entry(record: RecordedEvent, sealer: Sealer | None) -> HistoryEntry:
+    """:func:`render_entry` of ``record`` with its personal fields opened by ``sealer``."""
+    if sealer is None:
+        return render_entry(record)
+    try:
+        event = decode_event(record.data)
+    except msgspec.DecodeError:
+        return render_entry(record)
+    return render_entry(record, await sealer.open_any(event), unopened="erased")
 
 
 class _Tag(msgspec.Struct):
@@ -238,9 +271,14 @@ async def _generator(events: AsyncIterator[RecordedEvent]) -> AsyncGenerator[Rec
 
 
 async def history(
-    log: EventLog, query: HistoryQuery, *, to_position: int | None = None
+    log: EventLog,
+    query: HistoryQuery,
+    *,
+    to_position: int | None = None,
+    sealer: Sealer | None = None,
 ) -> AsyncGenerator[HistoryEntry, None]:
-    """Every entry the query matches after its cursor, oldest first (no page limit)."""
+    """Every entry the query matches after its cursor, oldest first (no page limit), personal
+    fields opened by ``sealer``."""
     async with aclosing(
         merged_read(
             log,
@@ -259,14 +297,16 @@ async def history(
                     continue
             if query.types and _tag_of(record.data) not in query.types:
                 continue
-            yield render_entry(record)
+            yield await open_entry(record, sealer)
 
 
-async def history_page(log: EventLog, query: HistoryQuery) -> HistoryPage:
+async def history_page(
+    log: EventLog, query: HistoryQuery, *, sealer: Sealer | None = None
+) -> HistoryPage:
     """Up to ``query.limit`` entries, and the cursor of the next page when there are more."""
     entries: list[HistoryEntry] = []
     more = False
-    async with aclosing(history(log, query)) as found:
+    async with aclosing(history(log, query, sealer=sealer)) as found:
         async for entry in found:
             if len(entries) == query.limit:
                 more = True
@@ -276,7 +316,12 @@ async def history_page(log: EventLog, query: HistoryQuery) -> HistoryPage:
 
 
 async def follow_history(
-    log: EventLog, query: HistoryQuery, stop: asyncio.Event, *, poll_interval: float = 1.0
+    log: EventLog,
+    query: HistoryQuery,
+    stop: asyncio.Event,
+    *,
+    poll_interval: float = 1.0,
+    sealer: Sealer | None = None,
 ) -> AsyncGenerator[HistoryEntry, None]:
     """The query's entries, then new ones as they are appended, until ``stop`` is set.
 
@@ -288,7 +333,9 @@ async def follow_history(
         head = await log.last_position()
         if head > scanned:
             since_scanned = dataclasses.replace(query, after=scanned)
-            async with aclosing(history(log, since_scanned, to_position=head)) as found:
+            async with aclosing(
+                history(log, since_scanned, to_position=head, sealer=sealer)
+            ) as found:
                 async for entry in found:
                     yield entry
                     if stop.is_set():

@@ -3,7 +3,9 @@
 The client's lifecycle events (its client subject) say whether it was registered, with which
 provider and token (shown as a fingerprint); its notification subjects say what became of each
 push: ``pending`` (accepted, not delivered yet, perhaps after retryable failures), ``delivered``,
-``failed`` (a permanent failure) or ``dropped`` (never accepted). :class:`ClientFold` is the
+``failed`` (a permanent failure) or ``dropped`` (never accepted). A token sealed under the
+client's key is opened with the ``sealer`` given, and shown as ``erased`` when its key is gone
+(``sealed`` when no sealer was given). :class:`ClientFold` is the
 pure fold; :func:`client_state_at` reads the events up to the cut and folds them.
 """
 
@@ -22,6 +24,7 @@ from relaypush.audit.export import recorded_time
 from relaypush.audit.history import merged_read
 from relaypush.domain.clients import NO_CLIENT, ClientState, evolve
 from relaypush.domain.events import (
+    ClientErased,
     ClientRegistered,
     ClientUnregistered,
     Event,
@@ -32,6 +35,7 @@ from relaypush.domain.events import (
     decode_event,
 )
 from relaypush.logs import fingerprint
+from relaypush.privacy import Sealer
 
 __all__ = [
     "ClientFold",
@@ -70,12 +74,17 @@ class ClientSnapshot(msgspec.Struct, kw_only=True):
     delivered: NotificationIds
     failed: NotificationIds
     dropped: NotificationIds
+    erased_at: datetime | None = None
+    """When the client was last erased (its key destroyed), if it was by the cut."""
 
 
 class ClientFold:
     """Folds one client's events, in position order, into what :class:`ClientSnapshot` shows."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, unopened: str = "erased") -> None:
+        """``unopened``: what a token still sealed is shown as."""
+        self.unopened = unopened
+        self.erased_at: datetime | None = None
         self.state: ClientState = NO_CLIENT
         self.last_position = 0
         self.registered_at: datetime | None = None
@@ -95,6 +104,12 @@ class ClientFold:
                 self.state = evolve(self.state, event, version=position)
                 self.unregistered_at = event.occurred_at
                 self.unregister_reason = event.reason
+            case ClientErased():
+                if self.state.registered:
+                    self.unregistered_at = event.occurred_at
+                    self.unregister_reason = "erased"
+                self.state = evolve(self.state, event, version=position)
+                self.erased_at = event.occurred_at
             case NotificationAccepted():
                 statuses.setdefault(event.message_id, "pending")
                 if statuses[event.message_id] == "dropped":
@@ -122,6 +137,13 @@ class ClientFold:
             return NotificationIds(count=len(found), ids=found)
 
         state = self.state
+        token_fingerprint = (
+            self.unopened
+            if state.sealed is not None
+            else fingerprint(state.token)
+            if state.token
+            else None
+        )
         return ClientSnapshot(
             tenant_id=tenant_id,
             client_id=client_id,
@@ -130,7 +152,7 @@ class ClientFold:
             last_event_position=self.last_position,
             registered=state.registered,
             provider=state.provider,
-            token_fingerprint=fingerprint(state.token) if state.token else None,
+            token_fingerprint=token_fingerprint,
             always_raw=state.always_raw,
             registered_at=self.registered_at if state.registered else None,
             unregistered_at=None if state.registered else self.unregistered_at,
@@ -139,6 +161,7 @@ class ClientFold:
             delivered=ids("delivered"),
             failed=ids("failed"),
             dropped=ids("dropped"),
+            erased_at=self.erased_at,
         )
 
 
@@ -159,15 +182,20 @@ def parse_at(text: str, *, field: str = "at") -> int | datetime:
 
 
 async def client_state_at(
-    log: EventLog, tenant_id: str, client_id: str, at: int | datetime | None = None
+    log: EventLog,
+    tenant_id: str,
+    client_id: str,
+    at: int | datetime | None = None,
+    *,
+    sealer: Sealer | None = None,
 ) -> ClientSnapshot:
     """The client's state after every event up to position ``at`` (inclusive), recorded at or
-    before time ``at``, or (None) now."""
+    before time ``at``, or (None) now; its token opened with ``sealer``."""
     at_position = at if isinstance(at, int) else None
     at_time = at if isinstance(at, datetime) else None
     if at_time is not None and at_time.tzinfo is None:
         raise QueryError("at", "must carry a time zone")
-    fold = ClientFold()
+    fold = ClientFold(unopened="sealed" if sealer is None else "erased")
     filters: list[SubjectFilter] = [
         (tenant_id, "client", client_id),
         (tenant_id, "notification", client_id, REST),
@@ -180,5 +208,7 @@ async def client_state_at(
                 event = decode_event(record.data)
             except msgspec.DecodeError:
                 continue
+            if sealer is not None and isinstance(event, ClientRegistered):
+                event = await sealer.open(event)
             fold.apply(record.position, event)
     return fold.snapshot(tenant_id, client_id, at_position=at_position, at_time=at_time)

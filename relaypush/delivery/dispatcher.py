@@ -5,6 +5,9 @@ delivered, not failed for good, not past its deadline, client still registered),
 the client's provider, appends the outcome to the log and only then acks. Several dispatcher
 processes share one durable consumer; a crash before the ack makes the event come back, and the
 "already delivered" check keeps a redelivery from sending again once the outcome is recorded.
+The client's token and the notification's personal content are opened with the
+:class:`~relaypush.privacy.Sealer` (cached keys); when either was erased the notification fails
+for good (``client_erased``) and nothing is sent.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from relaypush.domain.events import (
 from relaypush.domain.streams import NOTIFICATION, notification_subject, subject_for
 from relaypush.logs import fingerprint
 from relaypush.metrics import REGISTRY, Registry
+from relaypush.privacy import Sealer
 
 __all__ = ["ACCEPTED_FILTER", "Dispatcher", "backoff"]
 
@@ -98,10 +102,13 @@ class Dispatcher:
         retry_cap: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Registry = REGISTRY,
+        sealer: Sealer | None = None,
     ) -> None:
         """``retry_base`` and ``retry_cap`` bound the exponential backoff between attempts
-        (seconds); a provider's Retry-After, when longer, wins."""
+        (seconds); a provider's Retry-After, when longer, wins. ``sealer`` opens sealed tokens
+        and content (without it, sealed ones count as erased)."""
         self._log = event_log
+        self._sealer = sealer or Sealer(None)
         self._providers = as_lookup(providers)
         self._deadline = timedelta(seconds=deadline)
         self._concurrency = concurrency
@@ -210,14 +217,19 @@ class Dispatcher:
             await self._fail(accepted, None, attempt, "expired", cause)
             return True
         client = await load_client(self._log, t, c)
-        if not client.registered or client.provider is None or client.token is None:
+        if not client.registered or client.provider is None:
             await self._fail(accepted, None, attempt, "client_unregistered", cause)
+            return True
+        token = await self._sealer.open_token(t, c, client)
+        accepted = await self._sealer.open(accepted)
+        if token is None or accepted.sealed is not None:
+            await self._fail(accepted, None, attempt, "client_erased", cause)
             return True
         provider = await self._providers.lookup(t, client.provider)
         if isinstance(provider, Unavailable) and provider.permanent:
             await self._fail(accepted, client.provider, attempt, provider.reason, cause)
             return True
-        target = Target(tenant_id=t, client_id=c, provider=client.provider, token=client.token)
+        target = Target(tenant_id=t, client_id=c, provider=client.provider, token=token)
         if isinstance(provider, Unavailable):  # the tenant's credentials cannot be had now
             return await self._record(
                 accepted,
@@ -251,7 +263,7 @@ class Dispatcher:
             client_id=c,
             message_id=m,
             provider=client.provider,
-            token=fingerprint(client.token),
+            token=fingerprint(token),
             attempt=attempt,
             outcome=type(outcome).__name__,
             latency_ms=round(latency * 1000, 2),

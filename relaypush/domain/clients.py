@@ -1,11 +1,11 @@
 """A client's lifecycle and what happens to a push sent to it: fold, then decide.
 
 State is folded from the client's *last* lifecycle event: ``client.registered`` carries the
-whole state (type, token, always_raw), ``client.unregistered`` clears it, so no earlier event can
-change the outcome. Each ``decide_*`` function is pure: it takes the state, the command, an event
-id and the time, and returns the one event the command records, or raises a domain error. Every
-command records exactly one event, including an unregister of an unknown client and a push that
-is dropped.
+whole state (type, token, always_raw), ``client.unregistered`` and ``client.erased`` clear it, so
+no earlier event can change the outcome. Each ``decide_*`` function is pure: it takes the state,
+the command, an event id and the time, and returns the one event the command records, or raises
+a domain error. Every command records exactly one event, including an unregister of an unknown
+client and a push that is dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Final, assert_never
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
 from relaypush.domain.events import (
     Cause,
+    ClientErased,
     ClientRegistered,
     ClientUnregistered,
     DropReason,
@@ -25,6 +26,7 @@ from relaypush.domain.events import (
     NotificationDuplicate,
     ProviderType,
     RawMessage,
+    SealedFields,
     UnregisterReason,
 )
 from relaypush.domain.payload import LegacyPush, RawPush, flag_names, parse_push
@@ -40,6 +42,7 @@ __all__ = [
     "RegisterClient",
     "UnregisterClient",
     "client_state",
+    "decide_erase",
     "decide_push",
     "decide_register",
     "decide_unregister",
@@ -47,19 +50,23 @@ __all__ = [
     "record_duplicate",
 ]
 
-ClientEvent = ClientRegistered | ClientUnregistered
+ClientEvent = ClientRegistered | ClientUnregistered | ClientErased
 PushDecision = NotificationAccepted | NotificationDropped
 
 
 @dataclass(frozen=True, slots=True)
 class ClientState:
-    """What is known of one client; ``version`` is the position of its last event (0: none)."""
+    """What is known of one client; ``version`` is the position of its last event (0: none).
+
+    A registration whose token is sealed under the client's key has ``token`` None and the
+    sealed token in ``sealed`` (``relaypush.privacy`` opens it)."""
 
     registered: bool = False
     provider: ProviderType | None = None
     token: str | None = None
     always_raw: bool = False
     version: int = 0
+    sealed: SealedFields | None = None
 
 
 NO_CLIENT: Final = ClientState()
@@ -104,11 +111,12 @@ def evolve(state: ClientState, event: ClientEvent, *, version: int) -> ClientSta
             return ClientState(
                 registered=True,
                 provider=event.provider,
-                token=event.token,
+                token=event.token if event.sealed is None else None,
                 always_raw=event.always_raw,
                 version=version,
+                sealed=event.sealed,
             )
-        case ClientUnregistered():
+        case ClientUnregistered() | ClientErased():
             return ClientState(version=version)
         case _:
             assert_never(event)
@@ -165,6 +173,27 @@ def decide_unregister(
         cause=Cause(request_id=command.request_id),
         client_id=command.client_id,
         reason=command.reason,
+    )
+
+
+def decide_erase(
+    tenant_id: str,
+    client_id: str,
+    *,
+    key_ids: tuple[str, ...],
+    request_id: str | None,
+    event_id: str,
+    now: datetime,
+) -> ClientErased:
+    """Record an erasure once the client is unregistered and its keys (``key_ids``) destroyed;
+    recorded even for a client that never existed, so the request itself is on record."""
+    return ClientErased(
+        event_id=event_id,
+        occurred_at=now,
+        tenant_id=tenant_id,
+        cause=Cause(request_id=request_id),
+        client_id=client_id,
+        key_ids=key_ids,
     )
 
 

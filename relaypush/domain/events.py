@@ -17,6 +17,7 @@ __all__ = [
     "ApnsType",
     "AuditCheckpoint",
     "Cause",
+    "ClientErased",
     "ClientRegistered",
     "ClientUnregistered",
     "CredentialKind",
@@ -30,6 +31,7 @@ __all__ = [
     "NotifyMessage",
     "ProviderType",
     "RawMessage",
+    "SealedFields",
     "TenantCreated",
     "TenantCredentialsChanged",
     "TenantCredentialsRemoved",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 ProviderType = Literal["apns", "apns-sandbox", "fcm", "noop"]
-UnregisterReason = Literal["requested", "token_invalid", "superseded", "tenant_deleted"]
+UnregisterReason = Literal["requested", "token_invalid", "superseded", "tenant_deleted", "erased"]
 DropReason = Literal["client_not_registered", "tenant_suspended"]
 CredentialKind = Literal["apns", "fcm_v1"]
 ApnsType = Literal["token", "certificate"]
@@ -74,6 +76,19 @@ class RawMessage(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+class SealedFields(msgspec.Struct, frozen=True, kw_only=True):
+    """An event's personal fields, encrypted under its client's own key (AES-256-GCM).
+
+    ``key_id`` names the client's key, ``ciphertext`` holds the fields as compact JSON (see
+    :mod:`relaypush.domain.personal`) with the GCM tag. Destroying the key (erasing the client)
+    leaves these bytes in the log, unreadable.
+    """
+
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Fields every event carries."""
 
@@ -84,10 +99,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class ClientRegistered(Event, frozen=True, kw_only=True, tag="client.registered"):
+    """A client was registered. ``token`` is empty when ``sealed`` holds it."""
+
     client_id: str
     provider: ProviderType
     token: str
     always_raw: bool = False
+    sealed: SealedFields | None = None
 
 
 class ClientUnregistered(Event, frozen=True, kw_only=True, tag="client.unregistered"):
@@ -95,12 +113,23 @@ class ClientUnregistered(Event, frozen=True, kw_only=True, tag="client.unregiste
     reason: UnregisterReason
 
 
+class ClientErased(Event, frozen=True, kw_only=True, tag="client.erased"):
+    """The client was erased on request: its key is destroyed, so the personal fields sealed
+    under it (its device token, its notifications' content) can no longer be read. Leaves the
+    client unregistered; carries no personal data. ``key_ids`` names the keys destroyed."""
+
+    client_id: str
+    key_ids: tuple[str, ...] = ()
+
+
 class NotificationAccepted(Event, frozen=True, kw_only=True, tag="notification.accepted"):
     """A push passed validation and will be delivered.
 
     Legacy pushes carry ``topic``, ``flags`` and ``blob`` (and ``notify`` when the blob is a
     cleartext Notify message); raw pushes carry ``raw``. ``message_id`` is the relay's id, or the
-    SHA-256 of the raw message.
+    SHA-256 of the raw message. When ``sealed`` is set it holds the cleartext blob, the Notify
+    message and the raw message, and those fields are empty here (``raw`` keeps its topic and
+    tag); an encrypted blob is never sealed.
     """
 
     client_id: str
@@ -113,6 +142,7 @@ class NotificationAccepted(Event, frozen=True, kw_only=True, tag="notification.a
     blob: str | None = None
     notify: NotifyMessage | None = None
     raw: RawMessage | None = None
+    sealed: SealedFields | None = None
 
 
 class NotificationDuplicate(Event, frozen=True, kw_only=True, tag="notification.duplicate"):
@@ -213,6 +243,7 @@ class AuditCheckpoint(Event, frozen=True, kw_only=True, tag="audit.checkpoint"):
 AnyEvent = (
     ClientRegistered
     | ClientUnregistered
+    | ClientErased
     | NotificationAccepted
     | NotificationDuplicate
     | NotificationDropped
@@ -231,6 +262,7 @@ AnyEvent = (
 EVENT_TYPES: tuple[type[Event], ...] = (
     ClientRegistered,
     ClientUnregistered,
+    ClientErased,
     NotificationAccepted,
     NotificationDuplicate,
     NotificationDropped,

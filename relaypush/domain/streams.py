@@ -1,6 +1,6 @@
 """Where each event lives in the log: one subject per aggregate instance.
 
-    (tenant, "client", client_id)                           client.registered / unregistered
+    (tenant, "client", client_id)                           client.registered, unregistered, erased
     (tenant, "notification", client_id, message_id, kind)   one subject per outcome kind
     (tenant, "inbox", client_id)                            inbox.read
     (tenant, "tenant")                                      tenant.*
@@ -20,6 +20,7 @@ from typing import Literal
 from relaypush.domain.events import (
     AUDIT_TENANT,
     AuditCheckpoint,
+    ClientErased,
     ClientRegistered,
     ClientUnregistered,
     Event,
@@ -81,7 +82,7 @@ def subject_for(event: Event) -> tuple[str, ...]:
     """The subject ``event`` is stored under."""
     t = event.tenant_id
     match event:
-        case ClientRegistered() | ClientUnregistered():
+        case ClientRegistered() | ClientUnregistered() | ClientErased():
             return client_subject(t, event.client_id)
         case NotificationAccepted():
             return notification_subject(t, event.client_id, event.message_id, "accepted")

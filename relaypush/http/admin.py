@@ -2,8 +2,9 @@
 
     GET /admin/events                    history: the filters and cursor of ``audit history``
     GET /admin/clients/{id}/state?at=…   a client's state at a position or a time
+    POST /admin/clients/{id}/erase       erase a client (``audit erase``; docs/audit.md#privacy)
 
-Both require ``Authorization: Bearer <RELAYPUSH_ADMIN_TOKEN>`` (401 in the relay envelope
+All require ``Authorization: Bearer <RELAYPUSH_ADMIN_TOKEN>`` (401 in the relay envelope
 otherwise, and always while no admin token is configured). Bad parameters are a 400 whose
 ``fields`` name them (location ``query``).
 """
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from litestar import MediaType, Request, Response, get
+from litestar import MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.types import Guard
@@ -24,10 +25,14 @@ from relaypush.audit.errors import QueryError
 from relaypush.audit.history import DEFAULT_PAGE, HistoryPage, HistoryQuery, history_page
 from relaypush.audit.state import ClientSnapshot, client_state_at, parse_at, parse_time
 from relaypush.config import DEFAULT_TENANT
-from relaypush.domain.errors import FieldError, InvalidRequest
-from relaypush.domain.ids import strip_did_key
+from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
+from relaypush.domain.ids import strip_did_key, validate_id
 from relaypush.http.auth import TenantAuthorizer
+from relaypush.http.errors import error_response
+from relaypush.http.observe import request_id_of
 from relaypush.http.openapi import failed
+from relaypush.privacy import Sealer
+from relaypush.service import ErasureNotConfigured, RelayService
 
 __all__ = ["admin_route_handlers", "admin_token_guard"]
 
@@ -47,6 +52,21 @@ class StateBody(msgspec.Struct, kw_only=True):
 
     status: str
     state: ClientSnapshot
+
+
+class Erasure(msgspec.Struct, kw_only=True):
+    tenant_id: str
+    client_id: str
+    position: int
+    unregistered: bool
+    key_ids: list[str]
+
+
+class EraseBody(msgspec.Struct, kw_only=True):
+    """``POST /admin/clients/{id}/erase``: where ``client.erased`` landed and what it did."""
+
+    status: str
+    erased: Erasure
 
 
 def admin_token_guard(admin_token: str | None) -> Guard:
@@ -99,14 +119,16 @@ def _json(body: msgspec.Struct) -> Response[bytes]:
 
 
 def admin_route_handlers(
-    *, event_log: EventLog, admin_token: str | None
+    *, event_log: EventLog, admin_token: str | None, service: RelayService | None = None
 ) -> Sequence[HTTPRouteHandler]:
-    """The admin routes over ``event_log``, guarded by ``admin_token``."""
+    """The admin routes over ``event_log``, guarded by ``admin_token``. With ``service``,
+    history and state open personal fields with its sealer, and clients can be erased."""
     guard = admin_token_guard(admin_token)
+    sealer: Sealer | None = service.sealer if service is not None else None
 
     async def events(request: AnyRequest) -> Response[bytes]:
         """A page of history, oldest first."""
-        page: HistoryPage = await history_page(event_log, _query(request))
+        page: HistoryPage = await history_page(event_log, _query(request), sealer=sealer)
         return _json(EventsBody(status="OK", events=page.events, next_cursor=page.next_cursor))
 
     async def client_state(request: AnyRequest) -> Response[bytes]:
@@ -118,8 +140,35 @@ def admin_route_handlers(
             at = parse_at(at_text) if at_text else None
         except QueryError as exc:
             raise _invalid(exc) from None
-        snapshot = await client_state_at(event_log, tenant_id, client_id, at)
+        snapshot = await client_state_at(event_log, tenant_id, client_id, at, sealer=sealer)
         return _json(StateBody(status="OK", state=snapshot))
+
+    async def erase(request: AnyRequest) -> Response[bytes]:
+        """Erase a client of ``tenant`` (default the default tenant)."""
+        client_id = validate_id(
+            request.path_params["id"], field="id", location="path", kind="client"
+        )
+        tenant_id = validate_id(
+            request.query_params.get("tenant") or DEFAULT_TENANT,
+            field="tenant",
+            location="query",
+            kind="tenant",
+        )
+        if service is None:
+            raise ErasureNotConfigured("no relay service")
+        request_id = request_id_of(request.scope)
+        try:
+            done = await service.erase(tenant_id, client_id, request_id=request_id)
+        except ErasureNotConfigured as exc:
+            return error_response(503, errors=(ErrorInfo("erasure_not_configured", str(exc)),))
+        erased = Erasure(
+            tenant_id=tenant_id,
+            client_id=client_id,
+            position=done.position,
+            unregistered=done.unregistered,
+            key_ids=list(done.key_ids),
+        )
+        return _json(EraseBody(status="OK", erased=erased))
 
     unauthorized = failed("No admin token, or not the configured one")
     shape = failed("A bad parameter; `fields` names it")
@@ -149,4 +198,18 @@ def admin_route_handlers(
             tags=["admin"],
             responses={400: shape, 401: unauthorized},
         )(client_state),
+        post(
+            "/admin/clients/{id:str}/erase",
+            name="admin_client_erase",
+            summary="Erase a client",
+            description="Unregisters the client of `tenant` (default the default tenant) if it "
+            "is registered, destroys its key and appends `client.erased`: its device token and "
+            "the content of its notifications become unreadable in the log and the read "
+            "tables, while the history still shows its events. Answers where `client.erased` "
+            "landed and the ids of the keys destroyed.",
+            guards=[guard],
+            tags=["admin"],
+            status_code=200,
+            responses={400: shape, 401: unauthorized, 503: failed("Erasure is not configured")},
+        )(erase),
     ]

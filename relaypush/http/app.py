@@ -92,7 +92,9 @@ def create_app(
             *relay_route_handlers(rate_limit=limiter.guard),
             *tenant_route_handlers(rate_limit=limiter.guard),
             *(
-                admin_route_handlers(event_log=event_log, admin_token=settings.admin_token)
+                admin_route_handlers(
+                    event_log=event_log, admin_token=settings.admin_token, service=service
+                )
                 if event_log is not None
                 else ()
             ),

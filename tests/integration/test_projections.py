@@ -556,4 +556,4 @@ async def test_concurrent_migrations_apply_each_version_once(env: Env) -> None:
                 sql.Identifier(env.schema, "schema_migrations")
             )
         )
-        assert await cur.fetchall() == [(1, "initial")]
+        assert await cur.fetchall() == [(1, "initial"), (2, "erasable_tokens")]
