@@ -126,7 +126,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
         if not needs_event_log(args):  # `audit verify --file`: offline, connects to nothing
             return await run_audit(args, None, settings)
         async with runtime.open_backends(settings, database=False) as backends:
-            return await run_audit(args, backends.event_log, settings)
+            return await run_audit(args, backends.event_log, settings, sealer=backends.sealer)
 
     try:
         return asyncio.run(audit())

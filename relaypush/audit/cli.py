@@ -232,6 +232,11 @@ def _describe_state(snapshot: ClientSnapshot) -> str:
     else:
         when = snapshot.unregistered_at.isoformat() if snapshot.unregistered_at else "?"
         lines.append(f"  not registered (unregistered {when}: {snapshot.unregister_reason})")
+    if snapshot.erased_at is not None:
+        lines.append(
+            f"  erased {snapshot.erased_at.isoformat()}: its token and notification content "
+            "before then are unreadable"
+        )
     for name in ("pending", "delivered", "failed", "dropped"):
         ids = getattr(snapshot, name)
         shown = ", ".join(ids.ids[:20]) + (", …" if ids.count > 20 else "")
