@@ -132,7 +132,7 @@ class ClientKeys:
         self._monotonic = monotonic
         self._max = max_cached
         self._cache: dict[str, _Cached] = {}
-        self._gone: dict[str, None] = {}  # ids of keys found destroyed, oldest first
+        self._gone: dict[tuple[str, str], None] = {}  # (name, key id) destroyed, oldest first
         self._loading: dict[str, asyncio.Future[Keyring | None]] = {}
 
     async def for_registration(self, tenant_id: str, client_id: str) -> Keyring:
@@ -156,35 +156,41 @@ class ClientKeys:
 
     async def for_opening(self, tenant_id: str, client_id: str, key_id: str) -> Keyring | None:
         """The client's key ``key_id``; None when it was destroyed."""
-        if key_id in self._gone:
-            return None
         name = key_name(tenant_id, client_id)
+        if (name, key_id) in self._gone:
+            return None
         cached = self._cached(name)
         if cached is not None and cached.ring is not None and cached.ring.current_id == key_id:
             return cached.ring
+        joined = name in self._loading
         ring = await self._load(name)
+        if joined and (ring is None or ring.current_id != key_id):
+            # the read under way may predate the key: read again before concluding that the
+            # key is gone (the store holds one key per client at a time)
+            ring = await self._load(name, join=False)
         if ring is not None and ring.current_id == key_id:
             return ring
-        self._mark_gone(key_id)  # the store holds one key per client: that one is gone
+        self._mark_gone(name, key_id)
         return None
 
     async def destroy(self, tenant_id: str, client_id: str) -> str | None:
         """Destroy the client's key; returns its id, None when it had none."""
         name = key_name(tenant_id, client_id)
-        ring = await self._load(name)
+        ring = await self._load(name, join=False)
         destroyed = await self._store.destroy(name)
         self._cache.pop(name, None)
         if ring is None:
             return None
-        self._mark_gone(ring.current_id)
+        self._mark_gone(name, ring.current_id)
         return ring.current_id if destroyed else None
 
     def forget(self, tenant_id: str, client_id: str, key_ids: Sequence[str] = ()) -> None:
         """Drop the client's cached key, and remember ``key_ids`` as destroyed (on reading a
         ``client.erased`` another process appended)."""
-        self._cache.pop(key_name(tenant_id, client_id), None)
+        name = key_name(tenant_id, client_id)
+        self._cache.pop(name, None)
         for key_id in key_ids:
-            self._mark_gone(key_id)
+            self._mark_gone(name, key_id)
 
     def _cached(self, name: str) -> _Cached | None:
         cached = self._cache.get(name)
@@ -197,16 +203,22 @@ class ClientKeys:
             del self._cache[next(iter(self._cache))]
         self._cache[name] = _Cached(self._monotonic() + self._ttl, ring)
 
-    def _mark_gone(self, key_id: str) -> None:
+    def _mark_gone(self, name: str, key_id: str) -> None:
         if len(self._gone) >= self._max:
             del self._gone[next(iter(self._gone))]
-        self._gone[key_id] = None
+        self._gone[(name, key_id)] = None
 
-    async def _load(self, name: str) -> Keyring | None:
-        """Read the key from the store (concurrent callers share one read) and cache it."""
+    async def _load(self, name: str, *, join: bool = True) -> Keyring | None:
+        """Read the key from the store and cache it; concurrent callers share one read, unless
+        ``join`` is false (the caller needs a read that starts now)."""
         loading = self._loading.get(name)
-        if loading is not None:
+        if loading is not None and join:
             return await asyncio.shield(loading)
+        if loading is not None:
+            stored = await self._store.get(name)
+            ring = None if stored is None else self._unwrap(name, stored)
+            self._remember(name, ring)
+            return ring
         future: asyncio.Future[Keyring | None] = asyncio.get_running_loop().create_future()
         self._loading[name] = future
         try:

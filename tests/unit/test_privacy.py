@@ -3,6 +3,7 @@ erasure through the relay service, the dispatcher, the read models' plans and th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from datetime import UTC, datetime
@@ -294,6 +295,39 @@ async def test_a_destroyed_key_id_is_remembered_without_reading_again() -> None:
     for event in events:
         assert sealed_of(await reader.open_any(event)) is not None
     assert store.reads == reads + 1
+
+
+class SlowStore(InMemoryKeyStore):
+    """Its next read answers what the store held when it started, once ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: asyncio.Event | None = None
+
+    async def get(self, name: str) -> bytes | None:
+        value = await super().get(name)
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            await hold.wait()
+        return value
+
+
+async def test_a_read_that_predates_a_new_key_does_not_make_it_gone() -> None:
+    store = SlowStore()
+    reader = ClientKeys(store)
+    gate = store.hold = asyncio.Event()
+    old = asyncio.create_task(reader.for_opening(TENANT, "w1", "k-destroyed-long-ago"))
+    await asyncio.sleep(0)  # its read has started, and sees no key
+    registration = await sealer(store).seal_registration(registered())
+    assert registration.sealed is not None
+    new = asyncio.create_task(reader.for_opening(TENANT, "w1", registration.sealed.key_id))
+    await asyncio.sleep(0)  # joins the read under way
+    gate.set()
+    assert await old is None
+    ring = await new
+    assert ring is not None
+    assert ring.current_id == registration.sealed.key_id
+    assert await reader.for_opening(TENANT, "w1", registration.sealed.key_id) is ring
 
 
 async def test_a_batch_forgets_a_client_key_at_its_erasure() -> None:
