@@ -29,13 +29,10 @@ from structlog.testing import capture_logs
 
 from eventstore.errors import EventLogUnavailable, WrongExpectedVersion
 from eventstore.log import (
-    REST,
     AppendResult,
     EventLog,
     RecordedEvent,
     Subject,
-    SubjectFilter,
-    Subscription,
 )
 from eventstore.memory import InMemoryEventLog
 from relaypush.auth.client_jwt import make_client_jwt
@@ -62,6 +59,7 @@ from relaypush.http import create_app
 from relaypush.http.ratelimit import RateLimited, RateLimiter
 from relaypush.metrics import Registry
 from relaypush.service import RelayService
+from tests.eventlogs import WrappedLog
 
 ALL_PROVIDERS: frozenset[ProviderType] = frozenset({"apns", "apns-sandbox", "fcm", "noop"})
 LEGACY = "z6MkLegacyClient"
@@ -72,11 +70,12 @@ MIB = 1024 * 1024
 Snapshot = list[tuple[int, Subject, bytes]]
 
 
-class FlakyLog:
+class FlakyLog(WrappedLog):
     """An in-memory log whose appends (or reads) fail while a switch is on."""
 
     def __init__(self) -> None:
-        self.inner = InMemoryEventLog()
+        self.memory = InMemoryEventLog()
+        super().__init__(self.memory)
         self.appends_fail = False
         self.reads_crash = False
 
@@ -91,7 +90,7 @@ class FlakyLog:
     ) -> AppendResult:
         if self.appends_fail:
             raise EventLogUnavailable("no responders")
-        return await self.inner.append(
+        return await super().append(
             subject,
             data,
             idempotency_key=idempotency_key,
@@ -102,45 +101,10 @@ class FlakyLog:
     async def last(self, subject: Subject) -> RecordedEvent | None:
         if self.reads_crash:
             raise RuntimeError("secret internal detail")
-        return await self.inner.last(subject)
-
-    def read(
-        self,
-        subject_filter: SubjectFilter = (REST,),
-        *,
-        from_position: int = 1,
-        to_position: int | None = None,
-        from_time: datetime | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        return self.inner.read(
-            subject_filter,
-            from_position=from_position,
-            to_position=to_position,
-            from_time=from_time,
-        )
-
-    async def last_position(self) -> int:
-        return await self.inner.last_position()
-
-    async def subscribe(
-        self,
-        durable: str,
-        subject_filter: SubjectFilter = (REST,),
-        *,
-        ack_wait: float = 30.0,
-        max_ack_pending: int = 1000,
-        from_position: int | None = None,
-    ) -> Subscription:
-        return await self.inner.subscribe(
-            durable,
-            subject_filter,
-            ack_wait=ack_wait,
-            max_ack_pending=max_ack_pending,
-            from_position=from_position,
-        )
+        return await super().last(subject)
 
     async def close(self) -> None:
-        await self.inner.close()
+        await self.memory.close()
 
 
 class Monotonic:
@@ -973,7 +937,7 @@ async def test_rate_limit_zero_turns_it_off() -> None:
 
 async def test_event_log_unavailable_is_503_with_retry_after() -> None:
     flaky = FlakyLog()
-    async with running(log=flaky, inner=flaky.inner) as env:
+    async with running(log=flaky, inner=flaky.memory) as env:
         assert (await env.client.post("/clients", json=register_body())).status_code == 200
         before = await snapshot(env.log)
         flaky.appends_fail = True
@@ -997,7 +961,7 @@ async def test_signed_push_may_be_repeated_after_a_503() -> None:
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
     flaky = FlakyLog()
-    async with running(Settings(relay_public_key=public), log=flaky, inner=flaky.inner) as env:
+    async with running(Settings(relay_public_key=public), log=flaky, inner=flaky.memory) as env:
         assert (await env.client.post("/clients", json=register_body())).status_code == 200
         content = json.dumps(legacy_body("retry")).encode()
         headers = sign(key, content)
@@ -1021,7 +985,7 @@ async def test_client_changing_under_every_attempt_is_503() -> None:
 
 async def test_unexpected_exception_is_500_in_the_envelope_without_details() -> None:
     flaky = FlakyLog()
-    async with running(log=flaky, inner=flaky.inner) as env:
+    async with running(log=flaky, inner=flaky.memory) as env:
         flaky.reads_crash = True
         with capture_logs() as logs:
             response = await env.client.post(f"/clients/{LEGACY}", json=legacy_body())
