@@ -46,11 +46,29 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _worker(host: str, port: int, requests: list[bytes], result: LoadResult) -> None:
+class _Pace:
+    """Start times ``1 / rate`` apart: the n-th request taken waits until ``start + n / rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = time.perf_counter()
+
+    async def wait(self) -> None:
+        due, self._next = self._next, self._next + self._interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def _worker(
+    host: str, port: int, requests: list[bytes], result: LoadResult, pace: _Pace | None = None
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while requests:
             request = requests.pop()
+            if pace is not None:
+                await pace.wait()
             started = time.perf_counter()
             writer.write(request)
             status = await _read_response(reader)
@@ -61,12 +79,20 @@ async def _worker(host: str, port: int, requests: list[bytes], result: LoadResul
         writer.close()
 
 
-async def run_load(host: str, port: int, requests: list[bytes], concurrency: int) -> LoadResult:
-    """Send every request over ``concurrency`` keep-alive connections; time the whole run."""
+async def run_load(
+    host: str, port: int, requests: list[bytes], concurrency: int, *, rate: float | None = None
+) -> LoadResult:
+    """Send every request over ``concurrency`` keep-alive connections; time the whole run.
+
+    With ``rate``, requests start at most ``rate`` per second (an open-loop pace, as long as
+    ``concurrency`` connections suffice to keep it); without, each connection sends its next
+    request as soon as the previous one is answered.
+    """
     result = LoadResult()
     queue = list(reversed(requests))
+    pace = _Pace(rate) if rate else None
     started = time.perf_counter()
-    await asyncio.gather(*(_worker(host, port, queue, result) for _ in range(concurrency)))
+    await asyncio.gather(*(_worker(host, port, queue, result, pace) for _ in range(concurrency)))
     result.elapsed = time.perf_counter() - started
     return result
 
