@@ -53,3 +53,17 @@ def fx_database_url() -> Iterator[str]:
 def fx_unique_name() -> str:
     """A short name no other test uses: for streams, subject prefixes, schemas, durables."""
     return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI (``CI`` set), a skipped test is a failure: integration tests must really run there.
+
+    Some tests skip on machines that cannot exercise them (not Linux, not root); CI runs on a
+    machine that can, so a skip there means something that should have been tested was not.
+    """
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
