@@ -2,7 +2,9 @@
 
 ``client.registered`` upserts an active device (its first registration time is kept, a former
 unregistration is cleared); ``client.unregistered`` marks a known device inactive with time and
-reason; ``client.erased`` nulls the token (the erasure unregistered the client just before). A
+reason; ``client.erased`` nulls the token (the erasure unregistered the client just before);
+``tenant.deleted`` marks every device of the tenant known until then inactive (reason
+``tenant_deleted``: a re-created tenant starts without clients). A
 registration whose token cannot be opened (its client was erased since) stores a null token.
 A batch is first folded per client into one final change (pure, :func:`plan`), then written
 with at most three statements whatever its size: an upsert for clients that registered in the
@@ -22,7 +24,13 @@ import psycopg
 from psycopg import sql
 
 from projections.batch import Batch, recordset
-from relaypush.domain.events import ClientErased, ClientRegistered, ClientUnregistered, Event
+from relaypush.domain.events import (
+    ClientErased,
+    ClientRegistered,
+    ClientUnregistered,
+    Event,
+    TenantDeleted,
+)
 
 __all__ = [
     "EVENT_TYPES",
@@ -35,7 +43,7 @@ __all__ = [
 ]
 
 EVENT_TYPES: frozenset[type[Event]] = frozenset(
-    {ClientRegistered, ClientUnregistered, ClientErased}
+    {ClientRegistered, ClientUnregistered, ClientErased, TenantDeleted}
 )
 """The events this read model takes."""
 
@@ -75,20 +83,42 @@ class DeviceErasure(msgspec.Struct, gc=False):
     last_position: int
 
 
+class TenantDeletion(msgspec.Struct, gc=False):
+    """Every device of a tenant written before ``last_position`` becomes inactive."""
+
+    tenant_id: str
+    unregistered_at: datetime
+    last_position: int
+
+
 @dataclass(frozen=True, slots=True)
 class DevicePlan:
-    """What one batch does to ``devices``: at most one change per client."""
+    """What one batch does to ``devices``: at most one change per client, then deletions of
+    whole tenants (guarded by position, so devices registered after a deletion stay)."""
 
     upserts: list[DeviceUpsert]
     unregistrations: list[DeviceUnregistration]
     erasures: list[DeviceErasure] = field(default_factory=list)
+    tenant_deletions: list[TenantDeletion] = field(default_factory=list)
 
 
 def plan(batch: Batch) -> DevicePlan:
     """Fold a batch of ``(position, event)`` in position order into one change per client."""
     changes: dict[tuple[str, str], DeviceUpsert | DeviceUnregistration | DeviceErasure] = {}
+    deletions: list[TenantDeletion] = []
     for position, event in batch:
         match event:
+            case TenantDeleted():
+                for change in changes.values():
+                    if (
+                        isinstance(change, DeviceUpsert)
+                        and change.tenant_id == event.tenant_id
+                        and change.active
+                    ):
+                        change.active = False
+                        change.unregistered_at = event.occurred_at
+                        change.unregister_reason = "tenant_deleted"
+                deletions.append(TenantDeletion(event.tenant_id, event.occurred_at, position))
             case ClientRegistered():
                 key = (event.tenant_id, event.client_id)
                 previous = changes.get(key)
@@ -144,7 +174,7 @@ def plan(batch: Batch) -> DevicePlan:
     upserts = [c for c in changes.values() if isinstance(c, DeviceUpsert)]
     unregistrations = [c for c in changes.values() if isinstance(c, DeviceUnregistration)]
     erasures = [c for c in changes.values() if isinstance(c, DeviceErasure)]
-    return DevicePlan(upserts, unregistrations, erasures)
+    return DevicePlan(upserts, unregistrations, erasures, deletions)
 
 
 @cache
@@ -205,8 +235,24 @@ def _erase_sql(schema: str) -> sql.Composed:
     ).format(sql.Identifier(schema, "devices"))
 
 
+@cache
+def _tenant_deleted_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        """
+        UPDATE {} AS d SET
+            active = false,
+            unregistered_at = u.unregistered_at,
+            unregister_reason = 'tenant_deleted',
+            last_position = u.last_position
+        FROM json_to_recordset(%s::json) AS u(
+            tenant_id text, unregistered_at timestamptz, last_position bigint)
+        WHERE d.tenant_id = u.tenant_id AND d.active AND d.last_position < u.last_position
+        """
+    ).format(sql.Identifier(schema, "devices"))
+
+
 async def apply(cur: psycopg.AsyncCursor[Any], schema: str, batch: Batch) -> None:
-    """Apply a batch to ``<schema>.devices`` in at most three statements."""
+    """Apply a batch to ``<schema>.devices`` in at most four statements."""
     changes = plan(batch)
     if changes.upserts:
         await cur.execute(_upsert_sql(schema), (recordset(changes.upserts),))
@@ -214,3 +260,5 @@ async def apply(cur: psycopg.AsyncCursor[Any], schema: str, batch: Batch) -> Non
         await cur.execute(_unregister_sql(schema), (recordset(changes.unregistrations),))
     if changes.erasures:
         await cur.execute(_erase_sql(schema), (recordset(changes.erasures),))
+    if changes.tenant_deletions:
+        await cur.execute(_tenant_deleted_sql(schema), (recordset(changes.tenant_deletions),))

@@ -916,6 +916,12 @@ async def test_deleting_a_tenant_stops_its_deliveries_and_is_recorded(stack: Sta
             )
         )
         assert await cur.fetchone() == (True,)
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT client_id, active, unregister_reason FROM {} WHERE tenant_id = 'doomed'"
+            ).format(sql.Identifier(stack.settings.database_schema, "devices"))
+        )
+        assert await cur.fetchall() == [("wallet", False, "tenant_deleted")]
 
 
 # --------------------------------------------------------------------------------------------

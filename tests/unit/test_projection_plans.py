@@ -30,6 +30,7 @@ from relaypush.domain.events import (
     TenantCreated,
     TenantCredentialsChanged,
     TenantCredentialsRemoved,
+    TenantDeleted,
     TenantSuspended,
     TenantUnsuspended,
     encode_event,
@@ -127,6 +128,21 @@ def test_a_registration_after_an_unregistration_reactivates_and_clears_it() -> N
     assert plan.unregistrations == []
     [upsert] = plan.upserts
     assert (upsert.active, upsert.unregistered_at, upsert.unregister_reason) == (True, None, None)
+
+
+def test_a_tenant_deletion_deactivates_its_devices_before_it_not_after() -> None:
+    deleted = TenantDeleted(event_id="e3", occurred_at=at(3), tenant_id="t")
+    plan = devices.plan(positioned(registered(1), registered(2, client="c2"), deleted))
+    assert {(u.client_id, u.active, u.unregister_reason) for u in plan.upserts} == {
+        ("c1", False, "tenant_deleted"),
+        ("c2", False, "tenant_deleted"),
+    }
+    [deletion] = plan.tenant_deletions
+    assert (deletion.tenant_id, deletion.last_position) == ("t", 3)
+
+    again = devices.plan(positioned(deleted, registered(9)))
+    [upsert] = again.upserts
+    assert upsert.active, "a client registered after the tenant was re-created is active"
 
 
 def test_messages_fold_accept_and_outcomes_into_one_change() -> None:
