@@ -118,6 +118,7 @@ def plan(batch: Batch) -> DevicePlan:
                         change.active = False
                         change.unregistered_at = event.occurred_at
                         change.unregister_reason = "tenant_deleted"
+                        change.last_position = position
                 deletions.append(TenantDeletion(event.tenant_id, event.occurred_at, position))
             case ClientRegistered():
                 key = (event.tenant_id, event.client_id)
