@@ -10,6 +10,7 @@ import base64
 import binascii
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -18,14 +19,18 @@ from relaypush.domain.errors import FieldError, Unauthorized
 
 __all__ = [
     "AUTHORIZATION_HEADER",
+    "MAX_TOKEN_LENGTH",
+    "JwtParts",
     "b64url_decode",
     "b64url_encode",
     "json_part",
     "refuse",
     "seconds_claim",
+    "split_jwt",
 ]
 
 AUTHORIZATION_HEADER: Final = "Authorization"
+MAX_TOKEN_LENGTH: Final = 8192
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -70,3 +75,34 @@ def seconds_claim(claims: dict[str, Any], name: str) -> float | None:
     if not math.isfinite(seconds):
         raise refuse(f"JWT claim {name!r} must be a finite number of Unix seconds")
     return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class JwtParts:
+    """A compact JWT taken apart: its header, its claims still encoded (read them once the
+    signature verified), the signature bytes and the input the signature covers."""
+
+    header: dict[str, Any]
+    claims_b64: str
+    signature: bytes
+    signing_input: bytes
+
+
+def split_jwt(token: str, *, alg: str) -> JwtParts:
+    """Check a JWT's framing and header (``alg``, ``typ``) and decode its signature."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise refuse(f"malformed JWT: longer than {MAX_TOKEN_LENGTH} characters")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise refuse("malformed JWT: expected three base64url parts separated by '.'")
+    header_b64, claims_b64, signature_b64 = parts
+    header = json_part(header_b64, "header")
+    if header.get("alg") != alg:
+        raise refuse(f"unsupported JWT alg {header.get('alg')!r}: expected {alg!r}")
+    if header.get("typ", "JWT") != "JWT":
+        raise refuse(f"unsupported JWT typ {header.get('typ')!r}: expected 'JWT'")
+    try:
+        signature = b64url_decode(signature_b64)
+    except (ValueError, binascii.Error) as exc:
+        raise refuse("malformed JWT: the signature is not base64url") from exc
+    return JwtParts(header, claims_b64, signature, f"{header_b64}.{claims_b64}".encode("ascii"))
