@@ -10,6 +10,7 @@ neither fail nor apply a migration twice.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_SCHEMA_NAME",
     "PROJECTION_TABLES",
     "Migration",
+    "apply_migrations",
     "check_schema_name",
     "lock_holder",
     "lock_key",
@@ -108,52 +110,67 @@ async def lock_holder(conn: psycopg.AsyncConnection[Any], purpose: str, schema: 
     return None if row is None else int(row[0])
 
 
+async def apply_migrations(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    available: Sequence[Migration],
+    *,
+    ledger: str,
+    lock_purpose: str,
+) -> list[Migration]:
+    """Create ``schema`` and its ``ledger`` table if missing and apply the ``available``
+    migrations the ledger has not recorded, in one transaction under an advisory lock (safe when
+    several processes start at once), each with ``search_path`` set to ``schema`` alone.
+    Returns what was applied; psycopg's errors pass through for the caller to name."""
+    check_schema_name(schema)
+    ident = sql.Identifier(schema)
+    table = sql.Identifier(schema, ledger)
+    applied_now: list[Migration] = []
+    async with conn.transaction():
+        await conn.execute(
+            sql.SQL("SELECT pg_advisory_xact_lock({})").format(lock_key(lock_purpose, schema))
+        )
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " version integer PRIMARY KEY,"
+                " name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(table)
+        )
+        cur = await conn.execute(sql.SQL("SELECT version FROM {}").format(table))
+        applied = {int(str(row[0])) for row in await cur.fetchall()}
+        pending = [m for m in available if m.version not in applied]
+        if not pending:
+            return applied_now
+        cur = await conn.execute("SELECT current_setting('search_path')")
+        row = await cur.fetchone()
+        saved_path = str(row[0]) if row else ""
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+        for migration in pending:
+            await conn.execute(migration.sql.encode())
+            await conn.execute(
+                sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(table),
+                (migration.version, migration.name),
+            )
+            applied_now.append(migration)
+        await conn.execute("SELECT set_config('search_path', %s, true)", (saved_path,))
+    return applied_now
+
+
 async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     """Create ``schema`` if missing and apply the migrations it has not seen, in one
     transaction. Safe when several processes call it at once. Raises :class:`MigrationError`
     when a migration fails, :class:`ProjectionUnavailable` when PostgreSQL cannot be reached."""
-    check_schema_name(schema)
-    ident = sql.Identifier(schema)
     try:
-        async with conn.transaction():
-            await conn.execute(
-                sql.SQL("SELECT pg_advisory_xact_lock({})").format(lock_key("migrate", schema))
+        done = await apply_migrations(
+            conn, schema, migrations(), ledger="schema_migrations", lock_purpose="migrate"
+        )
+        for migration in done:
+            log.info(
+                "migration_applied", schema=schema, version=migration.version, name=migration.name
             )
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                    " version integer PRIMARY KEY,"
-                    " name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(ident)
-            )
-            cur = await conn.execute(
-                sql.SQL("SELECT version FROM {}.schema_migrations").format(ident)
-            )
-            applied = {int(str(row[0])) for row in await cur.fetchall()}
-            pending = [m for m in migrations() if m.version not in applied]
-            if not pending:
-                return
-            cur = await conn.execute("SELECT current_setting('search_path')")
-            row = await cur.fetchone()
-            saved_path = str(row[0]) if row else ""
-            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
-            for migration in pending:
-                await conn.execute(migration.sql.encode())
-                await conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
-                    ).format(ident),
-                    (migration.version, migration.name),
-                )
-                log.info(
-                    "migration_applied",
-                    schema=schema,
-                    version=migration.version,
-                    name=migration.name,
-                )
-            await conn.execute("SELECT set_config('search_path', %s, true)", (saved_path,))
     except psycopg.OperationalError as exc:
         raise ProjectionUnavailable(f"migrating schema {schema!r} failed: {exc}") from exc
     except psycopg.Error as exc:

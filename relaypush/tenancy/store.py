@@ -33,7 +33,7 @@ import structlog
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projections.schema import check_schema_name, lock_key
+from projections.schema import Migration, apply_migrations, check_schema_name
 from relaypush.config import ConfigError, Settings
 from relaypush.domain.credentials import (
     Credential,
@@ -114,42 +114,16 @@ def check_credentials_schema(settings: Settings) -> str:
 async def migrate_credentials(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     """Create ``schema`` and apply the credential table's pending migrations, in one
     transaction under an advisory lock (safe when several processes start at once)."""
-    check_schema_name(schema)
-    ident = sql.Identifier(schema)
     try:
-        async with conn.transaction():
-            await conn.execute(
-                sql.SQL("SELECT pg_advisory_xact_lock({})").format(lock_key("credentials", schema))
-            )
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.credential_migrations ("
-                    " version integer PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(ident)
-            )
-            cur = await conn.execute(
-                sql.SQL("SELECT version FROM {}.credential_migrations").format(ident)
-            )
-            applied = {int(str(row[0])) for row in await cur.fetchall()}
-            pending = [(v, text) for v, text in MIGRATIONS if v not in applied]
-            if not pending:
-                return
-            cur = await conn.execute("SELECT current_setting('search_path')")
-            row = await cur.fetchone()
-            saved_path = str(row[0]) if row else ""
-            await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
-            for version, text in pending:
-                await conn.execute(text.encode())
-                await conn.execute(
-                    sql.SQL("INSERT INTO {}.credential_migrations (version) VALUES (%s)").format(
-                        ident
-                    ),
-                    (version,),
-                )
-                log.info("credential_migration_applied", schema=schema, version=version)
-            await conn.execute("SELECT set_config('search_path', %s, true)", (saved_path,))
+        done = await apply_migrations(
+            conn,
+            schema,
+            [Migration(version, "credentials", text) for version, text in MIGRATIONS],
+            ledger="credential_migrations",
+            lock_purpose="credentials",
+        )
+        for migration in done:
+            log.info("credential_migration_applied", schema=schema, version=migration.version)
     except psycopg.Error as exc:
         raise CredentialStoreUnavailable(f"migrating schema {schema!r} failed: {exc}") from exc
 
