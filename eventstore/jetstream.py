@@ -29,6 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from eventstore.delivery import SettledOnce
 from eventstore.errors import (
     EventLogUnavailable,
     EventStoreError,
@@ -502,38 +503,21 @@ class _JetStreamSubscription:
         await _quietly(self._psub.unsubscribe())
 
 
-class _JetStreamDelivery:
+class _JetStreamDelivery(SettledOnce):
     """One message of a durable consumer; settling it twice is a no-op."""
 
     def __init__(self, msg: Msg, event: RecordedEvent, num_delivered: int) -> None:
+        super().__init__(event, num_delivered)
         self._msg = msg
-        self._event = event
-        self._num_delivered = num_delivered
-        self._settled = False
 
-    @property
-    def event(self) -> RecordedEvent:
-        return self._event
+    async def _ack(self) -> None:
+        await _sent(self._msg.ack())
 
-    @property
-    def num_delivered(self) -> int:
-        return self._num_delivered
+    async def _nak(self, delay: float | None) -> None:
+        await _sent(self._msg.nak(delay=delay))
 
-    async def ack(self) -> None:
-        if self._settle():
-            await _sent(self._msg.ack())
-
-    async def nak(self, delay: float | None = None) -> None:
-        if self._settle():
-            await _sent(self._msg.nak(delay=delay))
-
-    async def in_progress(self) -> None:
-        if not self._settled:
-            await _sent(self._msg.in_progress())
-
-    def _settle(self) -> bool:
-        settled, self._settled = self._settled, True
-        return not settled
+    async def _extend(self) -> None:
+        await _sent(self._msg.in_progress())
 
 
 async def _sent(action: Awaitable[None]) -> None:

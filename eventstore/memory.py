@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from eventstore.delivery import SettledOnce
 from eventstore.errors import EventLogUnavailable, WrongExpectedVersion
 from eventstore.headers import checked_headers
 from eventstore.log import (
@@ -296,45 +297,33 @@ class _MemorySubscription:
         return None
 
 
-class _MemoryDelivery:
+class _MemoryDelivery(SettledOnce):
     def __init__(
         self, log: InMemoryEventLog, state: _Durable, event: RecordedEvent, num_delivered: int
     ) -> None:
+        super().__init__(event, num_delivered)
         self._log = log
         self._state = state
-        self._event = event
-        self._num_delivered = num_delivered
-        self._settled = False
 
-    @property
-    def event(self) -> RecordedEvent:
-        return self._event
+    async def _ack(self) -> None:
+        self._state.outstanding.pop(self._event.position, None)
+        self._log._notify()
 
-    @property
-    def num_delivered(self) -> int:
-        return self._num_delivered
-
-    async def ack(self) -> None:
-        if self._settle():
-            self._state.outstanding.pop(self._event.position, None)
-            self._log._notify()
-
-    async def nak(self, delay: float | None = None) -> None:
-        if self._settle():
-            outstanding = self._state.outstanding.get(self._event.position)
-            if outstanding is not None:
-                outstanding.due = asyncio.get_running_loop().time() + (delay or 0.0)
-            self._log._notify()
+    async def _nak(self, delay: float | None) -> None:
+        outstanding = self._state.outstanding.get(self._event.position)
+        if outstanding is not None:
+            outstanding.due = asyncio.get_running_loop().time() + (delay or 0.0)
+        self._log._notify()
 
     async def in_progress(self) -> None:
-        self._log._check_open()
+        self._log._check_open()  # a closed log refuses even a settled delivery's extension
+        await super().in_progress()
+
+    async def _extend(self) -> None:
         outstanding = self._state.outstanding.get(self._event.position)
-        if outstanding is not None and not self._settled:
+        if outstanding is not None:
             outstanding.due = asyncio.get_running_loop().time() + self._state.ack_wait
 
     def _settle(self) -> bool:
         self._log._check_open()
-        if self._settled:
-            return False
-        self._settled = True
-        return True
+        return super()._settle()
