@@ -20,8 +20,10 @@ from eventstore.log import (
     RecordedEvent,
     Subject,
     SubjectFilter,
+    SubjectFilters,
     Subscription,
     Wildcard,
+    filters_of,
 )
 from eventstore.memory import InMemoryEventLog
 from eventstore.once import InMemoryOnce, JetStreamOnce, Once
@@ -46,7 +48,9 @@ __all__ = [
     "RecordedEvent",
     "Subject",
     "SubjectFilter",
+    "SubjectFilters",
     "Subscription",
     "Wildcard",
     "WrongExpectedVersion",
+    "filters_of",
 ]

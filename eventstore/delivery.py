@@ -14,9 +14,10 @@ __all__ = ["SettledOnce"]
 class SettledOnce:
     """Base of the ``Delivery`` implementations."""
 
-    def __init__(self, event: RecordedEvent, num_delivered: int) -> None:
+    def __init__(self, event: RecordedEvent, num_delivered: int, pending: int) -> None:
         self._event = event
         self._num_delivered = num_delivered
+        self._pending = pending
         self._settled = False
 
     @property
@@ -26,6 +27,10 @@ class SettledOnce:
     @property
     def num_delivered(self) -> int:
         return self._num_delivered
+
+    @property
+    def pending(self) -> int:
+        return self._pending
 
     async def ack(self) -> None:
         if self._settle():

@@ -45,8 +45,10 @@ from eventstore.log import (
     RecordedEvent,
     Subject,
     SubjectFilter,
+    SubjectFilters,
     Subscription,
     Wildcard,
+    filters_of,
 )
 from eventstore.once import JetStreamOnce
 from eventstore.subjects import decode_subject, encode_filter, encode_subject
@@ -304,23 +306,29 @@ class JetStreamEventLog:
     async def subscribe(
         self,
         durable: str,
-        subject_filter: SubjectFilter = (REST,),
+        subject_filter: SubjectFilters = (REST,),
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
         from_position: int | None = None,
     ) -> Subscription:
-        """Bind the durable pull consumer ``durable``, creating it when missing (an existing one
-        keeps its configuration); ``from_position`` deletes it and creates it anew there."""
+        """Bind the durable pull consumer ``durable``, creating it when missing; an existing one
+        keeps its place and is updated to the filters, ``ack_wait`` and ``max_ack_pending`` asked
+        for (what the server refuses to change is logged and left); ``from_position`` deletes it
+        and creates it anew there."""
+        wires = [encode_filter(self._prefix, one) for one in filters_of(subject_filter)]
         config = api.ConsumerConfig(
             durable_name=durable,
-            filter_subject=encode_filter(self._prefix, subject_filter),
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ack_wait,
             max_ack_pending=max_ack_pending,
             max_deliver=-1,
             deliver_policy=api.DeliverPolicy.ALL,
         )
+        if len(wires) == 1:
+            config.filter_subject = wires[0]
+        else:
+            config.filter_subjects = wires
         try:
             if from_position is not None:
                 config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
@@ -329,14 +337,42 @@ class JetStreamEventLog:
                     await self._js.delete_consumer(self._stream, durable)
                 await self._js.add_consumer(self._stream, config)
             else:
-                try:
-                    await self._js.consumer_info(self._stream, durable)
-                except nats.js.errors.NotFoundError:
-                    await self._js.add_consumer(self._stream, config)
+                await self._create_or_update(durable, config)
             psub = await self._js.pull_subscribe_bind(durable=durable, stream=self._stream)
         except (nats.errors.Error, OSError) as exc:
             raise _translate(exc) from exc
         return _JetStreamSubscription(self, psub, durable)
+
+    async def _create_or_update(self, durable: str, config: api.ConsumerConfig) -> None:
+        """Create the durable, or bring an existing one to ``config`` where it differs in what
+        may change (filters, ack wait, max ack pending); its place in the log is kept."""
+        try:
+            current = (await self._js.consumer_info(self._stream, durable)).config
+        except nats.js.errors.NotFoundError:
+            await self._js.add_consumer(self._stream, config)
+            return
+        wanted = {
+            "filter_subject": config.filter_subject,
+            "filter_subjects": config.filter_subjects,
+            "ack_wait": config.ack_wait,
+            "max_ack_pending": config.max_ack_pending,
+        }
+        have = {
+            "filter_subject": current.filter_subject or None,
+            "filter_subjects": current.filter_subjects or None,
+            "ack_wait": current.ack_wait,
+            "max_ack_pending": current.max_ack_pending,
+        }
+        if wanted == have:
+            return
+        updated = current.evolve(**wanted)
+        try:
+            await self._js.add_consumer(self._stream, updated)
+        except nats.js.errors.BadRequestError as exc:
+            log.warning("consumer_update_refused", durable=durable, error=str(exc))
+        else:
+            changed = sorted(k for k in wanted if wanted[k] != have[k])
+            log.info("consumer_updated", durable=durable, changed=changed)
 
     async def once(self, name: str, *, ttl: float, replicas: int = 1) -> JetStreamOnce:
         """A claim-once store (``eventstore.once``) named ``<stream>_<name>`` on this server."""
@@ -444,8 +480,8 @@ class JetStreamEventLog:
             await _quietly(self._js.delete_consumer(self._stream, consumer))
 
     def _delivery(self, msg: Msg) -> _JetStreamDelivery:
-        num_delivered, seq, stamp_ns, _ = _ack_metadata(msg.reply)
-        return _JetStreamDelivery(msg, self._from_msg(msg, seq, stamp_ns), num_delivered)
+        num_delivered, seq, stamp_ns, pending = _ack_metadata(msg.reply)
+        return _JetStreamDelivery(msg, self._from_msg(msg, seq, stamp_ns), num_delivered, pending)
 
     def _from_msg(self, msg: Msg, seq: int, stamp_ns: int) -> RecordedEvent:
         headers = msg.headers or {}
@@ -506,8 +542,8 @@ class _JetStreamSubscription:
 class _JetStreamDelivery(SettledOnce):
     """One message of a durable consumer; settling it twice is a no-op."""
 
-    def __init__(self, msg: Msg, event: RecordedEvent, num_delivered: int) -> None:
-        super().__init__(event, num_delivered)
+    def __init__(self, msg: Msg, event: RecordedEvent, num_delivered: int, pending: int) -> None:
+        super().__init__(event, num_delivered, pending)
         self._msg = msg
 
     async def _ack(self) -> None:

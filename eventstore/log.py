@@ -23,8 +23,10 @@ __all__ = [
     "RecordedEvent",
     "Subject",
     "SubjectFilter",
+    "SubjectFilters",
     "Subscription",
     "Wildcard",
+    "filters_of",
 ]
 
 
@@ -40,6 +42,16 @@ REST: Final = Wildcard(">")
 
 Subject = tuple[str, ...]
 SubjectFilter = tuple[str | Wildcard, ...]
+SubjectFilters = SubjectFilter | list[SubjectFilter]
+"""One filter (a tuple of tokens), or several (a list of them): an event matching any is taken."""
+
+
+def filters_of(subject_filters: SubjectFilters) -> list[SubjectFilter]:
+    """The filters of ``subject_filters`` as a non-empty list."""
+    found = list(subject_filters) if isinstance(subject_filters, list) else [subject_filters]
+    if not found:
+        raise ValueError("a subscription needs at least one subject filter")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,12 @@ class Delivery(Protocol):
     @property
     def num_delivered(self) -> int:
         """How many times this event was handed out, 1 the first time."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """How many matching events the subscription had not handed out yet when it handed out
+        this one (0: this was the newest match in the log at that moment)."""
         ...
 
     async def ack(self) -> None: ...
@@ -145,15 +163,17 @@ class EventLog(Protocol):
     async def subscribe(
         self,
         durable: str,
-        subject_filter: SubjectFilter = (REST,),
+        subject_filter: SubjectFilters = (REST,),
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
         from_position: int | None = None,
     ) -> Subscription:
-        """Create or bind the durable subscription ``durable``: delivers every matching event
-        from the start of the log (or, when ``from_position`` is given, from that position,
-        recreating the durable and forgetting where it was), and each again until it is acked."""
+        """Create or bind the durable subscription ``durable``: delivers every event matching
+        one of the filters from the start of the log (or, when ``from_position`` is given, from
+        that position, recreating the durable and forgetting where it was), and each again until
+        it is acked. An existing durable keeps its place and takes the filters, ``ack_wait`` and
+        ``max_ack_pending`` given now."""
         ...
 
     async def close(self) -> None: ...

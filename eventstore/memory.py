@@ -27,8 +27,10 @@ from eventstore.log import (
     RecordedEvent,
     Subject,
     SubjectFilter,
+    SubjectFilters,
     Subscription,
     Wildcard,
+    filters_of,
 )
 from eventstore.subjects import encode_filter, encode_subject
 
@@ -144,23 +146,30 @@ class InMemoryEventLog:
     async def subscribe(
         self,
         durable: str,
-        subject_filter: SubjectFilter = (REST,),
+        subject_filter: SubjectFilters = (REST,),
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
         from_position: int | None = None,
     ) -> Subscription:
-        """Create or bind the durable ``durable``; an existing one keeps its configuration
-        unless ``from_position`` is given, which recreates it."""
+        """Create or bind the durable ``durable``; an existing one keeps its place and takes
+        the filters and limits given now, unless ``from_position`` is given, which recreates it."""
         self._check_open()
-        encode_filter(self._prefix, subject_filter)
-        if from_position is not None or durable not in self._durables:
+        filters = tuple(filters_of(subject_filter))
+        for one in filters:
+            encode_filter(self._prefix, one)
+        existing = self._durables.get(durable)
+        if from_position is not None or existing is None:
             self._durables[durable] = _Durable(
-                subject_filter=subject_filter,
+                filters=filters,
                 ack_wait=ack_wait,
                 max_ack_pending=max_ack_pending,
                 cursor=max(from_position or 1, 1),
             )
+        else:
+            existing.filters = filters
+            existing.ack_wait = ack_wait
+            existing.max_ack_pending = max_ack_pending
         return _MemorySubscription(self, durable)
 
     async def close(self) -> None:
@@ -207,7 +216,12 @@ class InMemoryEventLog:
             now = loop.time()
             found = self._collect(state, max_messages, now)
             if found:
-                return [_MemoryDelivery(self, state, event, count) for event, count in found]
+                left = self._pending(name) + len(found)
+                deliveries: list[Delivery] = []
+                for event, count in found:
+                    left -= 1
+                    deliveries.append(_MemoryDelivery(self, state, event, count, left))
+                return deliveries
             wait = deadline - now
             due = [p.due for p in state.outstanding.values()]
             if due:
@@ -239,7 +253,7 @@ class InMemoryEventLog:
         ):
             event = self._events[state.cursor - 1]
             state.cursor += 1
-            if matches(state.subject_filter, event.subject):
+            if state.matches(event.subject):
                 state.outstanding[event.position] = _Outstanding(1, now + state.ack_wait)
                 found.append((event, 1))
         return found
@@ -247,11 +261,7 @@ class InMemoryEventLog:
     def _pending(self, name: str) -> int:
         self._check_open()
         state = self._durables[name]
-        return sum(
-            1
-            for event in self._events[state.cursor - 1 :]
-            if matches(state.subject_filter, event.subject)
-        )
+        return sum(1 for event in self._events[state.cursor - 1 :] if state.matches(event.subject))
 
 
 def matches(subject_filter: SubjectFilter, subject: Subject) -> bool:
@@ -275,11 +285,14 @@ class _Outstanding:
 
 @dataclass(slots=True)
 class _Durable:
-    subject_filter: SubjectFilter
+    filters: tuple[SubjectFilter, ...]
     ack_wait: float
     max_ack_pending: int
     cursor: int
     outstanding: dict[int, _Outstanding] = field(default_factory=dict)
+
+    def matches(self, subject: Subject) -> bool:
+        return any(matches(one, subject) for one in self.filters)
 
 
 class _MemorySubscription:
@@ -299,9 +312,14 @@ class _MemorySubscription:
 
 class _MemoryDelivery(SettledOnce):
     def __init__(
-        self, log: InMemoryEventLog, state: _Durable, event: RecordedEvent, num_delivered: int
+        self,
+        log: InMemoryEventLog,
+        state: _Durable,
+        event: RecordedEvent,
+        num_delivered: int,
+        pending: int,
     ) -> None:
-        super().__init__(event, num_delivered)
+        super().__init__(event, num_delivered, pending)
         self._log = log
         self._state = state
 

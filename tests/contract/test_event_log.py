@@ -550,6 +550,50 @@ async def test_a_subscription_filter_with_wildcards(event_log: EventLog) -> None
     await sub.close()
 
 
+async def test_a_subscription_with_several_filters(event_log: EventLog) -> None:
+    subjects = [("n", "a", "accepted"), ("n", "a", "m1", "accepted"), ("n", "a", "failed")]
+    for subject in [*subjects, ("n", "b", "m2", "accepted")]:
+        await event_log.append(subject, b"")
+    sub = await event_log.subscribe("both", [("n", ANY, "accepted"), ("n", ANY, ANY, "accepted")])
+    deliveries = await fetch_n(sub, 3)
+    assert [d.event.subject for d in deliveries] == [
+        ("n", "a", "accepted"),
+        ("n", "a", "m1", "accepted"),
+        ("n", "b", "m2", "accepted"),
+    ]
+    assert await sub.fetch(5, timeout=0.3) == []
+    await sub.close()
+
+
+async def test_an_existing_durable_takes_new_filters_and_keeps_its_place(
+    event_log: EventLog,
+) -> None:
+    for subject in [("old", "1"), ("new", "1"), ("old", "2"), ("new", "2")]:
+        await event_log.append(subject, b"")
+    sub = await event_log.subscribe("mover", ("old", ANY))
+    [first] = await fetch_n(sub, 1)
+    assert first.event.subject == ("old", "1")
+    await first.ack()
+    await sub.close()
+
+    widened = await event_log.subscribe("mover", [("old", ANY), ("new", ANY)], ack_wait=5.0)
+    deliveries = await fetch_n(widened, 3)
+    assert [d.event.subject for d in deliveries] == [("new", "1"), ("old", "2"), ("new", "2")]
+    await widened.close()
+
+
+async def test_each_delivery_says_how_many_matches_were_still_to_come(
+    event_log: EventLog,
+) -> None:
+    for i in range(4):
+        await event_log.append(("c", str(i)), b"")
+        await event_log.append(("other",), b"")
+    sub = await event_log.subscribe("counter", ("c", ANY))
+    deliveries = await fetch_n(sub, 4)
+    assert [d.pending for d in deliveries] == [3, 2, 1, 0]
+    await sub.close()
+
+
 async def test_max_ack_pending_holds_back_new_events(event_log: EventLog) -> None:
     for i in range(5):
         await event_log.append(("m",), str(i).encode())
