@@ -173,7 +173,8 @@ class EventLog(Protocol):
         one of the filters from the start of the log (or, when ``from_position`` is given, from
         that position, recreating the durable and forgetting where it was), and each again until
         it is acked. An existing durable keeps its place and takes the filters, ``ack_wait`` and
-        ``max_ack_pending`` given now."""
+        ``max_ack_pending`` given now. ``max_ack_pending`` bounds the events handed out and not
+        acked yet, naked ones waiting for their delay included (-1: no bound)."""
         ...
 
     async def close(self) -> None: ...

@@ -248,7 +248,7 @@ class InMemoryEventLog:
             found.append((self._events[position - 1], outstanding.num_delivered))
         while (
             len(found) < max_messages
-            and len(state.outstanding) < state.max_ack_pending
+            and (state.max_ack_pending < 0 or len(state.outstanding) < state.max_ack_pending)
             and state.cursor <= len(self._events)
         ):
             event = self._events[state.cursor - 1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "AppliedBatch",
     "apply_events",
     "apply_records",
+    "mark_caught_up",
     "read_checkpoint",
     "wait_for_position",
 ]
@@ -76,9 +78,18 @@ def _select_sql(schema: str, *, lock: bool) -> sql.Composed:
 @cache
 def _update_sql(schema: str) -> sql.Composed:
     return sql.SQL(
-        "INSERT INTO {} AS c (name, position, updated_at) VALUES (%s, %s, now())"
+        "INSERT INTO {} AS c (name, position, updated_at, caught_up_at) VALUES (%s, %s, now(), %s)"
         " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
-        " updated_at = excluded.updated_at"
+        " updated_at = excluded.updated_at,"
+        " caught_up_at = coalesce(excluded.caught_up_at, c.caught_up_at)"
+    ).format(sql.Identifier(schema, "projection_checkpoints"))
+
+
+@cache
+def _caught_up_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        "UPDATE {} SET caught_up_at = %s WHERE name = %s AND position = %s"
+        " AND (caught_up_at IS NULL OR caught_up_at < %s)"
     ).format(sql.Identifier(schema, "projection_checkpoints"))
 
 
@@ -114,10 +125,13 @@ async def apply_records(
     *,
     expected_checkpoint: int | None = None,
     opener: Opener | None = None,
+    caught_up_at: datetime | None = None,
 ) -> AppliedBatch:
     """In one transaction: lock the checkpoint, skip records at or below it, apply the others
     and move the checkpoint to the highest position among them. ``opener`` opens the sealed
-    personal fields of the events first, before the transaction.
+    personal fields of the events first, before the transaction. ``caught_up_at``, when the
+    caller knows that every event appended before that time is in ``records`` or below the
+    checkpoint, is recorded with it (the deduplication index relies on it).
 
     With ``expected_checkpoint``, raise :class:`CheckpointMoved` (applying nothing) when the
     stored checkpoint differs: someone rebuilt or restored the schema. Failures worth a retry
@@ -138,10 +152,23 @@ async def apply_records(
             events = [pe for pe in opened if pe[0] > current]
             async with conn.pipeline():
                 await apply_events(cur, schema, events)
-                await cur.execute(_update_sql(schema), (CHECKPOINT_NAME, decoded.last_position))
+                await cur.execute(
+                    _update_sql(schema), (CHECKPOINT_NAME, decoded.last_position, caught_up_at)
+                )
             return AppliedBatch(len(events), decoded.last_position)
     except _TRANSIENT as exc:
         raise ProjectionUnavailable(f"applying a batch to {schema!r} failed: {exc}") from exc
+
+
+async def mark_caught_up(
+    conn: psycopg.AsyncConnection[Any], schema: str, position: int, when: datetime
+) -> None:
+    """Record that every event appended before ``when`` is at or below ``position``, the
+    checkpoint (nothing changes when the checkpoint has moved or already says later)."""
+    try:
+        await conn.execute(_caught_up_sql(schema), (when, CHECKPOINT_NAME, position, when))
+    except _TRANSIENT as exc:
+        raise ProjectionUnavailable(f"marking {schema!r} caught up failed: {exc}") from exc
 
 
 async def wait_for_position(conninfo: str, schema: str, position: int, timeout: float) -> None:  # noqa: ASYNC109

@@ -3,8 +3,8 @@
 Used to check that a live projection equals a rebuild from the log (they must, since every value
 comes from the events), by tests and by operators after a restore. Rows are matched by primary
 key: a key present on one side only is reported as such, a key on both sides with different
-values is reported column by column. Only ``projection_checkpoints.updated_at`` (wall-clock time
-of the last batch) is ignored.
+values is reported column by column. Only the projector's own wall-clock times
+(``projection_checkpoints.updated_at`` and ``caught_up_at``) are ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from projections.schema import PROJECTION_TABLES
 
 __all__ = ["IGNORED_COLUMNS", "compare_schemas"]
 
-IGNORED_COLUMNS: frozenset[tuple[str, str]] = frozenset({("projection_checkpoints", "updated_at")})
+IGNORED_COLUMNS: frozenset[tuple[str, str]] = frozenset(
+    {("projection_checkpoints", "updated_at"), ("projection_checkpoints", "caught_up_at")}
+)
 """``(table, column)`` pairs not compared."""
 
 _COLUMNS = """

@@ -1,29 +1,27 @@
 """The ``messages`` read model: one row per notification and its delivery state.
 
-``notification.accepted`` inserts a pending row (or revives a ``dropped`` one: the client
-registered after all); ``notification.dropped`` inserts a ``dropped`` row if none exists;
-``notification.duplicate`` counts; ``notification.delivered`` marks it sent; and
-``notification.delivery_failed`` records the attempt, and fails the row only when permanent.
-
-A batch is folded per message (pure, :func:`plan`) into one :class:`MessageChange`: the row to
-insert if any, then the changes that follow it. One statement writes a whole batch: rows new to
-the table are inserted in their final state, rows already there are updated. When a message's
-events in a batch cannot be composed that way (an outcome before its row exists, a drop after an
-outcome: never seen in a well-formed log), the fold starts a new *round*, so that the result is
-always exactly that of applying the events one by one, whatever the batch boundaries.
+A row's state is the delivery domain's fold of the notification's events
+(:func:`relaypush.domain.delivery.evolve`): the same rules the dispatcher and ``audit state``
+follow, in one place. A batch reads the rows of the notifications it touches (one statement),
+folds its events onto them (:func:`plan`, pure), and writes back every row that changed (one
+statement). The accepted event also gives the row its content summary (topic, flags, encrypted or
+raw) and its position; a drop gives a ``dropped`` row its reason as ``last_error``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row
 
 from projections.batch import Batch, recordset
+from relaypush.domain.delivery import NotificationState, Status, evolve
 from relaypush.domain.events import (
     Event,
     NotificationAccepted,
@@ -31,9 +29,10 @@ from relaypush.domain.events import (
     NotificationDeliveryFailed,
     NotificationDropped,
     NotificationDuplicate,
+    ProviderType,
 )
 
-__all__ = ["EVENT_TYPES", "MessageChange", "apply", "plan"]
+__all__ = ["EVENT_TYPES", "MessageRow", "apply", "plan"]
 
 Key = tuple[str, str, str]
 
@@ -48,217 +47,205 @@ EVENT_TYPES: frozenset[type[Event]] = frozenset(
 )
 """The events this read model takes."""
 
+_COLUMNS = (
+    "tenant_id",
+    "client_id",
+    "message_id",
+    "topic",
+    "flags",
+    "flag_names",
+    "encrypted",
+    "raw",
+    "status",
+    "attempts",
+    "duplicates",
+    "provider",
+    "provider_id",
+    "last_error",
+    "next_attempt_at",
+    "accepted_at",
+    "delivered_at",
+    "failed_at",
+    "updated_at",
+    "accepted_position",
+)
 
-class MessageChange(msgspec.Struct, omit_defaults=True, gc=False):
-    """What a batch does to one message: insert a row (``kind`` set: ``accepted`` replaces a
-    ``dropped`` row, ``dropped`` only fills a gap), then change it (``updated_at`` set).
 
-    Fields left at their default change nothing; ``set_*`` flags tell a ``None`` to write from
-    a ``None`` to leave alone. Encoded with defaults omitted, the SQL reads absent keys as NULL.
-    """
+class MessageRow(msgspec.Struct, kw_only=True, gc=False):
+    """One row of ``messages``, as read and as written."""
 
     tenant_id: str
     client_id: str
     message_id: str
-    kind: Literal["accepted", "dropped"] | None = None
     topic: str | None = None
     flags: int = 0
-    flag_names: tuple[str, ...] = ()
+    flag_names: list[str] = msgspec.field(default_factory=list)
     encrypted: bool = False
     raw: bool = False
-    drop_reason: str | None = None
-    accepted_at: datetime | None = None
-    accepted_position: int | None = None
-    inserted_at: datetime | None = None
+    status: Status
+    attempts: int = 0
     duplicates: int = 0
-    status: str | None = None
-    provider: str | None = None
+    provider: ProviderType | None = None
     provider_id: str | None = None
-    set_provider_id: bool = False
-    attempts: int | None = None
     last_error: str | None = None
     next_attempt_at: datetime | None = None
-    set_next_attempt_at: bool = False
+    accepted_at: datetime | None = None
     delivered_at: datetime | None = None
     failed_at: datetime | None = None
-    updated_at: datetime | None = None
+    updated_at: datetime
+    accepted_position: int | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.tenant_id, self.client_id, self.message_id)
+
+    def state(self) -> NotificationState:
+        return NotificationState(
+            status=self.status,
+            attempts=self.attempts,
+            duplicates=self.duplicates,
+            provider=self.provider,
+            provider_id=self.provider_id,
+            last_error=self.last_error,
+            next_attempt_at=self.next_attempt_at,
+            accepted_at=self.accepted_at,
+            delivered_at=self.delivered_at,
+            failed_at=self.failed_at,
+        )
 
 
-def _accepted(event: NotificationAccepted, position: int) -> MessageChange:
-    return MessageChange(
-        tenant_id=event.tenant_id,
-        client_id=event.client_id,
-        message_id=event.message_id,
-        kind="accepted",
-        topic=event.topic,
-        flags=event.flags,
-        flag_names=event.flag_names,
-        encrypted=event.encrypted,
-        raw=event.raw is not None,
-        accepted_at=event.occurred_at,
-        accepted_position=position,
-        inserted_at=event.occurred_at,
-    )
+MessageEvent = (
+    NotificationAccepted
+    | NotificationDropped
+    | NotificationDuplicate
+    | NotificationDelivered
+    | NotificationDeliveryFailed
+)
 
 
-def _dropped(event: NotificationDropped) -> MessageChange:
-    return MessageChange(
-        tenant_id=event.tenant_id,
-        client_id=event.client_id,
-        message_id=event.message_id,
-        kind="dropped",
-        drop_reason=event.reason,
-        inserted_at=event.occurred_at,
-    )
+def _next_row(row: MessageRow | None, position: int, event: MessageEvent) -> MessageRow | None:
+    """``row`` after ``event`` (None: the event changes nothing)."""
+    before = row.state() if row is not None else NotificationState()
+    after = evolve(before, event)
+    if after is before or after.status is None:
+        return None
+    fields: dict[str, Any] = {
+        "status": after.status,
+        "attempts": after.attempts,
+        "duplicates": after.duplicates,
+        "provider": after.provider,
+        "provider_id": after.provider_id,
+        "last_error": after.last_error,
+        "next_attempt_at": after.next_attempt_at,
+        "accepted_at": after.accepted_at,
+        "delivered_at": after.delivered_at,
+        "failed_at": after.failed_at,
+        "updated_at": event.occurred_at,
+    }
+    if isinstance(event, NotificationAccepted):  # it took effect: the content is this one's
+        fields |= {
+            "topic": event.topic,
+            "flags": event.flags,
+            "flag_names": list(event.flag_names),
+            "encrypted": event.encrypted,
+            "raw": event.raw is not None,
+            "accepted_position": position,
+        }
+    if row is None:
+        return MessageRow(
+            tenant_id=event.tenant_id,
+            client_id=event.client_id,
+            message_id=event.message_id,
+            **fields,
+        )
+    return msgspec.structs.replace(row, **fields)
 
 
-def plan(batch: Batch) -> list[list[MessageChange]]:
-    """Fold a batch into rounds holding at most one change per message."""
-    rounds: list[list[MessageChange]] = []
-    changes: dict[Key, MessageChange] = {}
+def keys_of(batch: Batch) -> list[Key]:
+    """The notifications a batch touches, each once."""
+    found: dict[Key, None] = {}
+    for _, event in batch:
+        if isinstance(event, MessageEvent):
+            found[(event.tenant_id, event.client_id, event.message_id)] = None
+    return list(found)
+
+
+def plan(batch: Batch, existing: Mapping[Key, MessageRow]) -> list[MessageRow]:
+    """The rows a batch changes, folded from ``existing`` (the rows already in the table)."""
+    changed: dict[Key, MessageRow] = {}
     for position, event in batch:
-        if not isinstance(
-            event,
-            NotificationAccepted
-            | NotificationDropped
-            | NotificationDuplicate
-            | NotificationDelivered
-            | NotificationDeliveryFailed,
-        ):
+        if not isinstance(event, MessageEvent):
             continue
         key = (event.tenant_id, event.client_id, event.message_id)
-        change = changes.get(key)
-        if isinstance(event, NotificationAccepted | NotificationDropped):
-            if change is not None and (
-                change.kind is None  # outcomes for a row that may not exist yet
-                or (
-                    change.kind == "dropped"
-                    and change.updated_at is not None
-                    and isinstance(event, NotificationAccepted)
-                )
-            ):
-                rounds.append(list(changes.values()))
-                changes = {}
-                change = None
-            if change is None:
-                changes[key] = (
-                    _accepted(event, position)
-                    if isinstance(event, NotificationAccepted)
-                    else _dropped(event)
-                )
-            elif change.kind == "dropped" and isinstance(event, NotificationAccepted):
-                changes[key] = _accepted(event, position)
-            # otherwise the row exists once this change's insert ran: nothing to do
-            continue
-        if change is None:
-            change = changes[key] = MessageChange(
-                event.tenant_id, event.client_id, event.message_id
-            )
-        _evolve(change, event)
-    if changes:
-        rounds.append(list(changes.values()))
-    return rounds
+        row = changed.get(key) or existing.get(key)
+        new = _next_row(row, position, event)
+        if new is not None:
+            changed[key] = new
+    return list(changed.values())
 
 
-def _evolve(
-    change: MessageChange,
-    event: NotificationDuplicate | NotificationDelivered | NotificationDeliveryFailed,
-) -> None:
-    change.updated_at = event.occurred_at
-    match event:
-        case NotificationDuplicate():
-            change.duplicates += 1
-        case NotificationDelivered():
-            change.status = "sent"
-            change.provider = event.provider
-            change.provider_id = event.provider_id
-            change.set_provider_id = True
-            change.attempts = event.attempt
-            change.next_attempt_at = None
-            change.set_next_attempt_at = True
-            change.delivered_at = event.occurred_at
-        case NotificationDeliveryFailed():
-            if event.provider is not None:
-                change.provider = event.provider
-            change.attempts = event.attempt
-            change.last_error = event.reason
-            change.next_attempt_at = event.next_attempt_at
-            change.set_next_attempt_at = True
-            if event.permanent:
-                change.status = "failed"
-                change.failed_at = event.occurred_at
+class _Key(msgspec.Struct):
+    tenant_id: str
+    client_id: str
+    message_id: str
 
 
-_REVIVE = sql.SQL("(u.kind = 'accepted' AND m.status = 'dropped')")
-"""Whether an accepted notification takes over a row its earlier drop left (NULL: no)."""
+@cache
+def _read_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        "SELECT {columns} FROM {table} AS m JOIN json_to_recordset(%s::json)"
+        " AS k(tenant_id text, client_id text, message_id text)"
+        " USING (tenant_id, client_id, message_id)"
+    ).format(
+        columns=sql.SQL(", ").join(sql.Identifier("m", c) for c in _COLUMNS),
+        table=sql.Identifier(schema, "messages"),
+    )
 
 
 @cache
 def _write_sql(schema: str) -> sql.Composed:
-    """Insert new rows in their final state; update the rows that were there before (the
-    ``UPDATE`` does not see what the ``INSERT`` of the same statement added)."""
+    types = {
+        "flags": "bigint",
+        "flag_names": "text[]",
+        "encrypted": "boolean",
+        "raw": "boolean",
+        "attempts": "integer",
+        "duplicates": "integer",
+        "next_attempt_at": "timestamptz",
+        "accepted_at": "timestamptz",
+        "delivered_at": "timestamptz",
+        "failed_at": "timestamptz",
+        "updated_at": "timestamptz",
+        "accepted_position": "bigint",
+    }
+    keys = {"tenant_id", "client_id", "message_id"}
     return sql.SQL(
-        """
-        WITH u AS (
-            SELECT * FROM json_to_recordset(%s::json) AS u(
-                tenant_id text, client_id text, message_id text, kind text, topic text,
-                flags bigint, flag_names text[], encrypted boolean, raw boolean,
-                drop_reason text, accepted_at timestamptz, accepted_position bigint,
-                inserted_at timestamptz, duplicates integer, status text, provider text,
-                provider_id text, set_provider_id boolean, attempts integer, last_error text,
-                next_attempt_at timestamptz, set_next_attempt_at boolean,
-                delivered_at timestamptz, failed_at timestamptz, updated_at timestamptz)
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM json_to_recordset(%s::json)"
+        " AS u({definitions}) ON CONFLICT (tenant_id, client_id, message_id) DO UPDATE SET {sets}"
+    ).format(
+        table=sql.Identifier(schema, "messages"),
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS),
+        definitions=sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types.get(c, "text")))
+            for c in _COLUMNS
         ),
-        inserted AS (
-            INSERT INTO {table} (
-                tenant_id, client_id, message_id, topic, flags, flag_names, encrypted, raw,
-                status, attempts, duplicates, provider, provider_id, last_error,
-                next_attempt_at, accepted_at, delivered_at, failed_at, updated_at,
-                accepted_position)
-            SELECT tenant_id, client_id, message_id, topic, coalesce(flags, 0),
-                coalesce(flag_names, '{{}}'), coalesce(encrypted, false), coalesce(raw, false),
-                coalesce(status, CASE kind WHEN 'accepted' THEN 'pending' ELSE 'dropped' END),
-                coalesce(attempts, 0), coalesce(duplicates, 0), provider,
-                CASE WHEN set_provider_id THEN provider_id END,
-                coalesce(last_error, drop_reason),
-                CASE WHEN set_next_attempt_at THEN next_attempt_at END,
-                accepted_at, delivered_at, failed_at, coalesce(updated_at, inserted_at),
-                accepted_position
-            FROM u WHERE kind IS NOT NULL
-            ON CONFLICT DO NOTHING
-        )
-        UPDATE {table} AS m SET
-            topic = CASE WHEN {revive} THEN u.topic ELSE m.topic END,
-            flags = CASE WHEN {revive} THEN coalesce(u.flags, 0) ELSE m.flags END,
-            flag_names = CASE WHEN {revive} THEN coalesce(u.flag_names, '{{}}')
-                              ELSE m.flag_names END,
-            encrypted = CASE WHEN {revive} THEN coalesce(u.encrypted, false)
-                             ELSE m.encrypted END,
-            raw = CASE WHEN {revive} THEN coalesce(u.raw, false) ELSE m.raw END,
-            accepted_at = CASE WHEN {revive} THEN u.accepted_at ELSE m.accepted_at END,
-            accepted_position = CASE WHEN {revive} THEN u.accepted_position
-                                     ELSE m.accepted_position END,
-            status = coalesce(u.status, CASE WHEN {revive} THEN 'pending' ELSE m.status END),
-            last_error = CASE WHEN {revive} THEN u.last_error
-                              ELSE coalesce(u.last_error, m.last_error) END,
-            updated_at = coalesce(u.updated_at, CASE WHEN {revive} THEN u.inserted_at
-                                                     ELSE m.updated_at END),
-            duplicates = m.duplicates + coalesce(u.duplicates, 0),
-            attempts = coalesce(u.attempts, m.attempts),
-            provider = coalesce(u.provider, m.provider),
-            provider_id = CASE WHEN u.set_provider_id THEN u.provider_id ELSE m.provider_id END,
-            next_attempt_at = CASE WHEN u.set_next_attempt_at THEN u.next_attempt_at
-                                   ELSE m.next_attempt_at END,
-            delivered_at = coalesce(u.delivered_at, m.delivered_at),
-            failed_at = coalesce(u.failed_at, m.failed_at)
-        FROM u
-        WHERE m.tenant_id = u.tenant_id AND m.client_id = u.client_id
-            AND m.message_id = u.message_id AND (u.updated_at IS NOT NULL OR {revive})
-        """
-    ).format(table=sql.Identifier(schema, "messages"), revive=_REVIVE)
+        sets=sql.SQL(", ").join(
+            sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in _COLUMNS
+            if c not in keys
+        ),
+    )
 
 
 async def apply(cur: psycopg.AsyncCursor[Any], schema: str, batch: Batch) -> None:
-    """Apply a batch to ``<schema>.messages``: one statement per round, one round usually."""
-    for changes in plan(batch):
-        await cur.execute(_write_sql(schema), (recordset(changes),))
+    """Apply a batch to ``<schema>.messages``: read the rows it touches, fold, write back."""
+    keys = keys_of(batch)
+    if not keys:
+        return
+    wanted = recordset([_Key(*key) for key in keys])
+    async with cur.connection.cursor(row_factory=class_row(MessageRow)) as reader:
+        await reader.execute(_read_sql(schema), (wanted,))
+        existing = {row.key: row for row in await reader.fetchall()}
+    changed = plan(batch, existing)
+    if changed:
+        await cur.execute(_write_sql(schema), (recordset(changed),))

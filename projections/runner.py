@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import psycopg
 import structlog
@@ -31,7 +32,12 @@ from psycopg import sql
 
 from eventstore import REST, Delivery, EventLog, EventLogUnavailable, EventStoreError, Subscription
 from projections.batch import Opener
-from projections.checkpoint import apply_records, read_checkpoint, wait_for_position
+from projections.checkpoint import (
+    apply_records,
+    mark_caught_up,
+    read_checkpoint,
+    wait_for_position,
+)
 from projections.errors import CheckpointMoved, ProjectionUnavailable
 from projections.schema import check_schema_name, lock_key, migrate
 
@@ -48,6 +54,8 @@ MAX_BACKOFF = 30.0
 """Seconds between attempts after losing PostgreSQL or the log: doubling from min to max."""
 CATCH_UP_ATTEMPTS = 5
 """Consecutive failures without progress after which :meth:`Projector.catch_up` gives up."""
+IDLE_MARK: Final = timedelta(seconds=5)
+"""How often an idle projector records that it is still caught up with the log."""
 
 
 def default_durable(schema: str) -> str:
@@ -69,6 +77,8 @@ class _Session:
         self.subscription: Subscription | None = None
         self.fresh = True  # nothing delivered since the consumer was (re)created
         self.applied = 0  # events applied in this session
+        self.fetched_at: datetime | None = None  # when the last fetch was asked for
+        self.marked_at: datetime | None = None  # the last caught-up time recorded
 
     async def subscribe(self) -> Subscription:
         """Recreate the durable consumer at ``checkpoint + 1``."""
@@ -90,7 +100,19 @@ class _Session:
 
     async def fetch(self, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
         subscription = self.subscription or await self.subscribe()
+        self.fetched_at = self.projector.clock()
         return await subscription.fetch(self.projector.batch_size, timeout)
+
+    async def idle(self) -> None:
+        """A fetch came back empty: every event appended before it was asked for is at or below
+        the checkpoint. Recorded every few seconds, for the deduplication index."""
+        when = self.fetched_at
+        if when is None:
+            return
+        if self.marked_at is not None and when - self.marked_at < IDLE_MARK:
+            return
+        await mark_caught_up(self.conn, self.projector.schema, self.checkpoint, when)
+        self.marked_at = when
 
     async def handle(self, deliveries: Sequence[Delivery]) -> int:
         """Apply, commit, then ack one fetched batch; returns the number of events applied."""
@@ -114,6 +136,10 @@ class _Session:
                 fresh.append(delivery)  # the next one, or the first after (re)subscribing
                 expected = position + 1
         applied = 0
+        # the newest delivery had nothing after it: the batch reached the log's head as it was
+        # when the fetch was asked for
+        newest = max(deliveries, key=_position)
+        caught_up_at = self.fetched_at if newest.pending == 0 and not rest else None
         if fresh:
             try:
                 result = await apply_records(
@@ -122,6 +148,7 @@ class _Session:
                     [d.event for d in fresh],
                     expected_checkpoint=self.checkpoint,
                     opener=p.opener,
+                    caught_up_at=caught_up_at,
                 )
             except CheckpointMoved as moved:
                 log.warning(
@@ -140,6 +167,8 @@ class _Session:
             self.checkpoint = result.checkpoint
             applied = result.applied
             self.applied += applied
+            if caught_up_at is not None:
+                self.marked_at = caught_up_at
         await _settle(stale + fresh, ack=True)
         if rest:
             log.warning(
@@ -194,9 +223,10 @@ class Projector:
         batch_size: int = 500,
         fetch_timeout: float = 1.0,
         opener: Opener | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``opener`` opens the personal fields events carry sealed (without it, they are
-        projected as erased)."""
+        projected as erased); ``clock`` dates what the projector records of its own progress."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.log = log
@@ -206,6 +236,7 @@ class Projector:
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
         self.opener = opener
+        self.clock = clock
 
     @asynccontextmanager
     async def _session(self, stop: asyncio.Event | None) -> AsyncIterator[_Session | None]:
@@ -261,6 +292,8 @@ class Projector:
                         deliveries = await session.fetch(self.fetch_timeout)
                         if deliveries:
                             await session.handle(deliveries)
+                        else:
+                            await session.idle()
                 return
             except (ProjectionUnavailable, EventLogUnavailable) as exc:
                 log.warning("projector_retrying", schema=self.schema, error=str(exc), delay=backoff)

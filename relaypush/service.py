@@ -4,11 +4,13 @@ Every action appends exactly one event and returns only once the log acknowledge
 answer the HTTP layer turns into a 2xx means the event is durable.
 
 Registering and unregistering append with the version that was read (optimistic concurrency)
-and retry a few times when another writer got there first. A push reads the client once and
-appends once: the ``accepted`` subject of a notification holds at most one event, so appending
-it with expected version 0 and the dedup key as idempotency key is the deduplication guard; when
-the log reports a duplicate (or the subject already holds an event) a ``notification.duplicate``
-is appended instead.
+and retry a few times when another writer got there first. A push reads the client, asks the
+deduplication index whether the message was accepted before, and appends once, with the dedup
+key as the log's idempotency key: the log catches a copy racing the first within its duplicate
+window, the index (the ``messages`` read table) every older one. When the index lags the log by
+more than the window allows, the client's accepted notifications after the index's position are
+read from the log instead (:mod:`relaypush.domain.dedup`), so a late copy is never accepted twice.
+A duplicate is recorded as ``notification.duplicate``.
 
 With a :class:`~relaypush.privacy.Sealer` the device token of a registration and the personal
 content of an accepted push are sealed under the client's key before they are appended (the push
@@ -18,10 +20,10 @@ path seals with a cached key: no extra round trip while the key is cached), and
 
 A tenant other than the default one must exist (``POST /tenants``): its state is folded from its
 events and cached for at most a second (:class:`~relaypush.aggregates.TenantStatuses`, shared with
-the tenant API so that its changes apply here at once), so the push path still awaits one read
-and one append. An unknown or deleted tenant is a 400 naming ``tenant_id`` in the path; a client
-registered before its tenant was deleted and created again is not registered. Registering reads
-the tenant afresh, since which client types it may use follows its latest credentials.
+the tenant API so that its changes apply here at once). An unknown or deleted tenant is a 400
+naming ``tenant_id`` in the path; a client registered before its tenant was deleted and created
+again is not registered. Registering reads the tenant afresh, since which client types it may
+use follows its latest credentials.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 from eventstore.errors import WrongExpectedVersion
 from eventstore.log import EventLog
@@ -49,6 +51,7 @@ from relaypush.domain.clients import (
     decide_unregister,
     record_duplicate,
 )
+from relaypush.domain.dedup import NOTHING_INDEXED, IndexAnswer, needs_scan
 from relaypush.domain.events import (
     EVENT_TYPES,
     DropReason,
@@ -56,10 +59,15 @@ from relaypush.domain.events import (
     NotificationAccepted,
     NotificationDropped,
     ProviderType,
+    decode_event,
     encode_event,
 )
 from relaypush.domain.payload import RegisterRequest
-from relaypush.domain.streams import subject_for
+from relaypush.domain.streams import (
+    legacy_notification_subject,
+    notification_subject,
+    subject_for,
+)
 from relaypush.domain.tenants import TenantState, unknown_tenant
 from relaypush.domain.tenants import enabled_providers as tenant_providers
 from relaypush.metrics import REGISTRY, Registry
@@ -68,10 +76,12 @@ from relaypush.privacy import Sealer
 __all__ = [
     "Accepted",
     "ConcurrentUpdate",
+    "DedupIndex",
     "Dropped",
     "Duplicate",
     "Erased",
     "ErasureNotConfigured",
+    "Held",
     "PushOutcome",
     "RelayService",
 ]
@@ -83,6 +93,14 @@ MAX_ATTEMPTS: Final = 5
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """The push was recorded and will be delivered."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The push was recorded, and is held while the tenant is suspended (delivered once it is
+    un-suspended, or expired at its deadline)."""
 
     message_id: str
 
@@ -102,7 +120,7 @@ class Dropped:
     reason: DropReason
 
 
-PushOutcome = Accepted | Duplicate | Dropped
+PushOutcome = Accepted | Held | Duplicate | Dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +132,20 @@ class Erased:
     """The client was registered, and a ``client.unregistered`` (reason ``erased``) came first."""
     key_ids: tuple[str, ...]
     """The keys destroyed (none when the client never had one)."""
+
+
+class DedupIndex(Protocol):
+    """What the service asks before accepting a push (``projections.dedup`` keeps one in the
+    read tables). Raises :class:`~relaypush.domain.dedup.IndexUnavailable` when it cannot say."""
+
+    async def lookup(self, tenant_id: str, client_id: str, message_id: str) -> IndexAnswer: ...
+
+
+class _NoIndex:
+    """No index: every push reads its client's accepted notifications from the log."""
+
+    async def lookup(self, tenant_id: str, client_id: str, message_id: str) -> IndexAnswer:
+        return NOTHING_INDEXED
 
 
 class ConcurrentUpdate(Exception):
@@ -145,15 +177,21 @@ class RelayService:
         monotonic: Callable[[], float] = time.monotonic,
         metrics: Registry = REGISTRY,
         sealer: Sealer | None = None,
+        dedup_index: DedupIndex | None = None,
+        duplicate_window: float = 300.0,
     ) -> None:
         """``enabled_providers(tenant_id)``: the client types the default tenant may register
         (its credentials come from the settings); other tenants' follow their credentials.
 
         ``clock`` dates events, ``new_id`` names them, ``monotonic`` times the tenant cache.
         ``sealer`` seals personal fields (without it they are appended in plain text and
-        :meth:`erase` is refused).
+        :meth:`erase` is refused). ``dedup_index`` answers whether a message was accepted
+        before (without it, the log is read for every push); ``duplicate_window`` is the log's
+        (seconds), which the index may lag by.
         """
         self._log = log
+        self._index: DedupIndex = dedup_index or _NoIndex()
+        self._window = duplicate_window
         self._sealer = sealer or Sealer(None)
         self._enabled_providers = enabled_providers
         self._clock = clock
@@ -161,6 +199,10 @@ class RelayService:
         self._tenants = TenantStatuses(log, monotonic=monotonic)
         self._appended = metrics.counter(
             "relaypush_events_appended_total", "Events appended to the log, by type", ("type",)
+        )
+        self._scans = metrics.counter(
+            "relaypush_dedup_log_scans_total",
+            "Pushes whose deduplication read the log because the index lagged behind it",
         )
 
     @property
@@ -237,15 +279,13 @@ class RelayService:
         command = PushToClient(
             tenant_id=tenant_id, client_id=client_id, body=body, request_id=request_id
         )
-        event = decide_push(
-            state, command, tenant_suspended=suspended, event_id=self._new_id(), now=self._clock()
-        )
+        event = decide_push(state, command, event_id=self._new_id(), now=self._clock())
         if isinstance(event, NotificationDropped):
             await self._append(event)
             return Dropped(event.message_id, event.reason)
         event = await self._sealer.seal_notification(event, state)
-        if await self._append_accepted(event):
-            return Accepted(event.message_id)
+        if not await self._accepted_before(event) and await self._append_accepted(event):
+            return Held(event.message_id) if suspended else Accepted(event.message_id)
         await self._append(record_duplicate(event, event_id=self._new_id(), now=self._clock()))
         return Duplicate(event.message_id)
 
@@ -325,17 +365,37 @@ class RelayService:
             return False
         return True
 
-    async def _append_accepted(self, event: NotificationAccepted) -> bool:
-        """Append the accepted event once per dedup key; False when it is a duplicate."""
-        try:
-            result = await self._log.append(
-                subject_for(event),
-                encode_event(event),
-                idempotency_key=event.dedup_key,
-                expected_version=0,
-            )
-        except WrongExpectedVersion:
+    async def _accepted_before(self, event: NotificationAccepted) -> bool:
+        """Whether the same notification was accepted earlier than the log's duplicate window
+        can tell: the index says so, or, when the index lags too far behind, the log does."""
+        t, c, m = event.tenant_id, event.client_id, event.message_id
+        answer = await self._index.lookup(t, c, m)
+        if answer.accepted:
+            return True
+        if not needs_scan(answer, now=self._clock(), window=self._window):
             return False
+        self._scans.inc()
+        return await self._in_log(t, c, m, after=answer.position)
+
+    async def _in_log(self, tenant_id: str, client_id: str, message_id: str, *, after: int) -> bool:
+        """Whether the log holds the notification as accepted after position ``after``."""
+        legacy = legacy_notification_subject(tenant_id, client_id, message_id, "accepted")
+        found = await self._log.last(legacy)
+        if found is not None and found.position > after:
+            return True
+        subject = notification_subject(tenant_id, client_id, "accepted")
+        async for record in self._log.read(subject, from_position=after + 1):
+            earlier = decode_event(record.data)
+            if isinstance(earlier, NotificationAccepted) and earlier.message_id == message_id:
+                return True
+        return False
+
+    async def _append_accepted(self, event: NotificationAccepted) -> bool:
+        """Append the accepted event with its dedup key as idempotency key; False when the log
+        says a copy was appended within its duplicate window."""
+        result = await self._log.append(
+            subject_for(event), encode_event(event), idempotency_key=event.dedup_key
+        )
         if result.duplicate:
             return False
         self._appended.inc(type="notification.accepted")

@@ -123,11 +123,19 @@ class HistoryPage(msgspec.Struct, kw_only=True):
 
 
 def subject_filters(query: HistoryQuery) -> list[SubjectFilter]:
-    """The subject filters whose merged reads hold the query's events."""
+    """The subject filters whose merged reads hold the query's events.
+
+    A notification's events share its client's subjects (one per kind) with the client's other
+    notifications, so a notification query reads them and keeps the notification's own
+    (:func:`history`); logs written before that scheme hold them on per-message subjects, read
+    too. Without a client, every client's notification subjects of the tenant are read."""
     tenant: str | Wildcard = query.tenant if query.tenant is not None else ANY
     if query.notification is not None:
         client: str | Wildcard = query.client if query.client is not None else ANY
-        return [(tenant, "notification", client, query.notification, ANY)]
+        return [
+            (tenant, "notification", client, ANY),
+            (tenant, "notification", client, query.notification, ANY),
+        ]
     if query.client is not None:
         c = query.client
         return [(tenant, "client", c), (tenant, "notification", c, REST), (tenant, "inbox", c)]
@@ -204,7 +212,19 @@ class _Tag(msgspec.Struct):
     type: str = ""
 
 
+class _MessageId(msgspec.Struct):
+    message_id: str | None = None
+
+
 _decode_tag = msgspec.json.Decoder(_Tag).decode
+_decode_message_id = msgspec.json.Decoder(_MessageId).decode
+
+
+def _message_id_of(data: bytes) -> str | None:
+    try:
+        return _decode_message_id(data).message_id
+    except msgspec.DecodeError:
+        return None
 
 
 def _tag_of(data: bytes) -> str:
@@ -296,6 +316,10 @@ async def history(
                 if query.since is not None and when < query.since:
                     continue
             if query.types and _tag_of(record.data) not in query.types:
+                continue
+            if query.notification is not None and (
+                _message_id_of(record.data) != query.notification
+            ):
                 continue
             yield await open_entry(record, sealer)
 

@@ -2,8 +2,10 @@
 
 The client's lifecycle events (its client subject) say whether it was registered, with which
 provider and token (shown as a fingerprint); its notification subjects say what became of each
-push: ``pending`` (accepted, not delivered yet, perhaps after retryable failures), ``delivered``,
-``failed`` (a permanent failure) or ``dropped`` (never accepted). A token sealed under the
+push, folded by the delivery domain (:mod:`relaypush.domain.delivery`) as the dispatcher and the
+``messages`` table fold them: ``pending`` (accepted, not delivered yet, perhaps after retryable
+failures or held for a suspended tenant), ``delivered``, ``failed`` (a permanent failure),
+``expired`` (its deadline passed) or ``dropped`` (never accepted). A token sealed under the
 client's key is opened with the ``sealer`` given, and shown as ``erased`` when its key is gone
 (``sealed`` when no sealer was given). :class:`ClientFold` is the
 pure fold; :func:`client_state_at` reads the events up to the cut and folds them.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import re
 from contextlib import aclosing
 from datetime import UTC, datetime
-from typing import Literal
 
 import msgspec
 
@@ -22,7 +23,9 @@ from eventstore import REST, EventLog, SubjectFilter
 from relaypush.audit.errors import QueryError
 from relaypush.audit.export import recorded_time
 from relaypush.audit.history import merged_read
+from relaypush.domain import delivery
 from relaypush.domain.clients import NO_CLIENT, ClientState, evolve
+from relaypush.domain.delivery import NotificationState, Status
 from relaypush.domain.events import (
     ClientErased,
     ClientRegistered,
@@ -32,6 +35,7 @@ from relaypush.domain.events import (
     NotificationDelivered,
     NotificationDeliveryFailed,
     NotificationDropped,
+    NotificationDuplicate,
     decode_event,
 )
 from relaypush.logs import fingerprint
@@ -46,7 +50,6 @@ __all__ = [
     "parse_time",
 ]
 
-Status = Literal["pending", "delivered", "failed", "dropped"]
 _POSITION = re.compile(r"[0-9]+")
 
 
@@ -76,6 +79,10 @@ class ClientSnapshot(msgspec.Struct, kw_only=True):
     dropped: NotificationIds
     erased_at: datetime | None = None
     """When the client was last erased (its key destroyed), if it was by the cut."""
+    expired: NotificationIds = msgspec.field(
+        default_factory=lambda: NotificationIds(count=0, ids=[])
+    )
+    """Notifications whose deadline passed before they could be delivered."""
 
 
 class ClientFold:
@@ -90,11 +97,10 @@ class ClientFold:
         self.registered_at: datetime | None = None
         self.unregistered_at: datetime | None = None
         self.unregister_reason: str | None = None
-        self.statuses: dict[str, Status] = {}
+        self.notifications: dict[str, NotificationState] = {}
 
     def apply(self, position: int, event: Event) -> None:
         self.last_position = position
-        statuses = self.statuses
         match event:
             case ClientRegistered():
                 self.state = evolve(self.state, event, version=position)
@@ -110,19 +116,17 @@ class ClientFold:
                     self.unregister_reason = "erased"
                 self.state = evolve(self.state, event, version=position)
                 self.erased_at = event.occurred_at
-            case NotificationAccepted():
-                statuses.setdefault(event.message_id, "pending")
-                if statuses[event.message_id] == "dropped":
-                    statuses[event.message_id] = "pending"
-            case NotificationDelivered():
-                statuses[event.message_id] = "delivered"
-            case NotificationDeliveryFailed() if event.permanent:
-                if statuses.get(event.message_id) != "delivered":
-                    statuses[event.message_id] = "failed"
-            case NotificationDropped():
-                statuses.setdefault(event.message_id, "dropped")
+            case (
+                NotificationAccepted()
+                | NotificationDropped()
+                | NotificationDuplicate()
+                | NotificationDelivered()
+                | NotificationDeliveryFailed()
+            ):
+                known = self.notifications.get(event.message_id, NotificationState())
+                self.notifications[event.message_id] = delivery.evolve(known, event)
             case _:
-                pass  # duplicates, retryable failures, inbox reads change nothing shown
+                pass  # inbox reads change nothing shown
 
     def snapshot(
         self,
@@ -133,7 +137,7 @@ class ClientFold:
         at_time: datetime | None = None,
     ) -> ClientSnapshot:
         def ids(status: Status) -> NotificationIds:
-            found = [m for m, s in self.statuses.items() if s == status]
+            found = [m for m, s in self.notifications.items() if s.status == status]
             return NotificationIds(count=len(found), ids=found)
 
         state = self.state
@@ -162,6 +166,7 @@ class ClientFold:
             failed=ids("failed"),
             dropped=ids("dropped"),
             erased_at=self.erased_at,
+            expired=ids("expired"),
         )
 
 

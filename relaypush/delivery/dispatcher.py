@@ -1,13 +1,23 @@
 """The dispatcher: a durable consumer of accepted notifications that delivers them.
 
-For each ``notification.accepted`` event it checks the notification is still owed (not already
-delivered, not failed for good, not past its deadline, client still registered), sends it through
-the client's provider, appends the outcome to the log and only then acks. Several dispatcher
-processes share one durable consumer; a crash before the ack makes the event come back, and the
-"already delivered" check keeps a redelivery from sending again once the outcome is recorded.
-The client's token and the notification's personal content are opened with the
-:class:`~relaypush.privacy.Sealer` (cached keys); when either was erased the notification fails
-for good (``client_erased``) and nothing is sent.
+For each ``notification.accepted`` event it loads what it needs, asks the delivery domain
+(:mod:`relaypush.domain.delivery`) whether to send, sends through the client's provider, appends
+what the domain says the answer means, and only then acknowledges. Several dispatcher processes
+share one durable consumer.
+
+What a notification's history holds is read only when the event comes back (the consumer's
+delivery count says it was handed out before): a first delivery has nothing recorded yet, so the
+happy path is one read (the client) and one append (``notification.delivered``, with an
+idempotency key derived from the notification, so that two dispatchers racing record it once).
+A redelivered event reads the client's outcome subjects after the accepted event and folds them,
+so nothing is sent again once ``delivered`` or a permanent failure is recorded.
+
+A send that takes long keeps the event in progress with the log, so no other dispatcher takes it
+meanwhile; once the provider took a notification, a failure to record ``delivered`` retries the
+record, never the send. The client's token and the notification's personal content are opened
+with the :class:`~relaypush.privacy.Sealer` (cached keys); when either was erased the
+notification fails for good (``client_erased``). An outage of the log never ends the dispatcher:
+it says so once, waits and resumes.
 """
 
 from __future__ import annotations
@@ -17,29 +27,41 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
-from eventstore import ANY, Delivery, EventLog, EventLogUnavailable, WrongExpectedVersion
-from relaypush.aggregates import TenantSuspensions, load_client
-from relaypush.delivery.outcomes import (
-    CredentialsInvalid,
-    Delivered,
-    Outcome,
-    Provider,
-    Rejected,
-    Retry,
-    Target,
-    TokenInvalid,
+from eventstore import (
+    ANY,
+    Delivery,
+    EventLog,
+    EventLogUnavailable,
+    RecordedEvent,
+    SubjectFilter,
+    Subscription,
+    WrongExpectedVersion,
 )
+from relaypush.aggregates import TenantStatuses, load_client
+from relaypush.delivery.outcomes import Outcome, Provider, Retry, Target
 from relaypush.delivery.registry import ProviderLookup, Unavailable, as_lookup
+from relaypush.domain.delivery import (
+    Append,
+    GiveUp,
+    Hold,
+    NotificationState,
+    Recording,
+    Send,
+    Skip,
+    decide_attempt,
+    decide_hold,
+    decide_outcome,
+    evolve,
+    failure,
+)
 from relaypush.domain.events import (
     Cause,
-    ClientUnregistered,
-    Event,
     NotificationAccepted,
     NotificationDelivered,
     NotificationDeliveryFailed,
@@ -48,16 +70,31 @@ from relaypush.domain.events import (
     decode_event,
     encode_event,
 )
-from relaypush.domain.streams import NOTIFICATION, notification_subject, subject_for
+from relaypush.domain.streams import (
+    NOTIFICATION,
+    is_legacy_notification_subject,
+    legacy_notification_subject,
+    notification_subject,
+    subject_for,
+)
 from relaypush.logs import fingerprint
 from relaypush.metrics import REGISTRY, Registry
 from relaypush.privacy import Sealer
 
-__all__ = ["ACCEPTED_FILTER", "Dispatcher", "backoff"]
+__all__ = ["ACCEPTED_FILTERS", "Dispatcher", "backoff"]
 
 log = structlog.get_logger(__name__)
 
-ACCEPTED_FILTER = (ANY, NOTIFICATION, ANY, ANY, "accepted")
+ACCEPTED_FILTERS: Final[list[SubjectFilter]] = [
+    (ANY, NOTIFICATION, ANY, "accepted"),
+    (ANY, NOTIFICATION, ANY, ANY, "accepted"),  # logs written before the per-client subjects
+]
+"""What the dispatcher consumes: every client's accepted notifications."""
+
+OUTAGE_BACKOFF: Final = (0.5, 10.0)
+"""Seconds between attempts while the log is unreachable: doubling from the first to the second."""
+RECORD_RETRY: Final = (0.2, 5.0)
+"""Seconds between attempts at recording a delivery the provider already took."""
 
 
 def _new_id() -> str:
@@ -86,6 +123,11 @@ async def _unless_stopped(
     return []
 
 
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
 class Dispatcher:
     """Consumes accepted notifications and records what became of each."""
 
@@ -100,13 +142,18 @@ class Dispatcher:
         send_timeout: float = 10.0,
         retry_base: float = 1.0,
         retry_cap: float = 300.0,
+        hold_recheck: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Registry = REGISTRY,
         sealer: Sealer | None = None,
+        tenants: TenantStatuses | None = None,
     ) -> None:
         """``retry_base`` and ``retry_cap`` bound the exponential backoff between attempts
-        (seconds); a provider's Retry-After, when longer, wins. ``sealer`` opens sealed tokens
-        and content (without it, sealed ones count as erased)."""
+        (seconds); a provider's Retry-After, when longer, wins. ``hold_recheck``: the
+        longest wait between two looks at a notification held for its suspended tenant (the
+        first comes after about a second, each next after twice as long). ``sealer`` opens
+        sealed tokens and content (without it, sealed ones count as erased). ``tenants`` is the
+        process's tenant cache (one is made when none is given)."""
         self._log = event_log
         self._sealer = sealer or Sealer(None)
         self._providers = as_lookup(providers)
@@ -114,10 +161,12 @@ class Dispatcher:
         self._concurrency = concurrency
         self._durable = durable
         self._send_timeout = send_timeout
+        self._ack_wait = send_timeout * 3
         self._clock = clock
         self._retry_base = retry_base
         self._retry_cap = retry_cap
-        self._suspensions = TenantSuspensions(event_log)
+        self._hold_recheck = hold_recheck
+        self._tenants = tenants or TenantStatuses(event_log)
         self._inflight: set[asyncio.Task[None]] = set()
         self._sends = metrics.counter(
             "relaypush_deliveries_total",
@@ -139,16 +188,19 @@ class Dispatcher:
         self._lag = metrics.gauge(
             "relaypush_dispatcher_lag", "Accepted notifications not yet fetched"
         )
+        self._held = metrics.counter(
+            "relaypush_notifications_held_total",
+            "Notifications held because their tenant is suspended, counted when first held",
+        )
 
     async def run(self, stop: asyncio.Event, *, grace: float = 10.0) -> None:
-        """Deliver until ``stop`` is set, then finish in-flight sends within ``grace`` seconds."""
-        sub = await self._log.subscribe(
-            self._durable,
-            ACCEPTED_FILTER,
-            ack_wait=self._send_timeout * 3,
-            max_ack_pending=self._concurrency * 4,
-        )
+        """Deliver until ``stop`` is set, then finish in-flight sends within ``grace`` seconds.
+        The log being unreachable, however long, is waited out."""
+        sub = await self._subscribe(stop)
+        if sub is None:
+            return
         log.info("dispatcher_started", durable=self._durable, concurrency=self._concurrency)
+        outage: _Outage | None = None
         last_lag = 0.0
         try:
             while not stop.is_set():
@@ -158,33 +210,55 @@ class Dispatcher:
                     continue
                 try:
                     deliveries = await _unless_stopped(sub.fetch(min(free, 256), timeout=1.0), stop)
-                except EventLogUnavailable:
-                    log.warning("dispatcher_fetch_failed")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=1.0)
+                    if time.monotonic() - last_lag > 5.0:
+                        last_lag = time.monotonic()
+                        self._lag.set(await sub.pending())
+                except EventLogUnavailable as exc:
+                    outage = outage or _Outage("dispatcher", str(exc))
+                    await _wait(stop, outage.next_delay())
                     continue
+                if outage is not None:
+                    outage.over()
+                    outage = None
                 for delivery in deliveries:
                     task = asyncio.create_task(self._handle(delivery))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
                 self._inflight_gauge.set(len(self._inflight))
-                if time.monotonic() - last_lag > 5.0:
-                    last_lag = time.monotonic()
-                    self._lag.set(await sub.pending())
-        except TimeoutError:
-            pass
         finally:
             if self._inflight:
                 await asyncio.wait(self._inflight, timeout=grace)
             await sub.close()
             log.info("dispatcher_stopped", unfinished=len(self._inflight))
 
+    async def _subscribe(self, stop: asyncio.Event) -> Subscription | None:
+        """The durable subscription, waiting for the log as long as it takes (None: stopped)."""
+        outage: _Outage | None = None
+        while not stop.is_set():
+            try:
+                # no bound on what is handed out and not acked: notifications waiting for a
+                # retry or held for a suspended tenant stay with the log, and must not keep
+                # anyone else's from being fetched (the dispatcher bounds what it works on)
+                sub = await self._log.subscribe(
+                    self._durable,
+                    ACCEPTED_FILTERS,
+                    ack_wait=self._ack_wait,
+                    max_ack_pending=-1,
+                )
+            except EventLogUnavailable as exc:
+                outage = outage or _Outage("dispatcher", str(exc))
+                await _wait(stop, outage.next_delay())
+                continue
+            if outage is not None:
+                outage.over()
+            return sub
+        return None
+
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            if await self._process(delivery):
-                await delivery.ack()
-        except (EventLogUnavailable, TimeoutError):
-            log.warning("dispatch_deferred", position=delivery.event.position)
+            await self._process(delivery)
+        except (EventLogUnavailable, TimeoutError) as exc:
+            log.warning("dispatch_deferred", position=delivery.event.position, error=str(exc))
             await self._safe_nak(delivery, 1.0)
         except Exception:
             log.exception("dispatch_crashed", position=delivery.event.position)
@@ -197,204 +271,270 @@ class Dispatcher:
         except EventLogUnavailable:
             log.warning("nak_failed", position=delivery.event.position)
 
-    async def _process(self, delivery: Delivery) -> bool:
-        """Deliver one accepted notification; True when the event may be acked."""
+    async def _process(self, delivery: Delivery) -> None:
+        """Deliver one accepted notification, or record why not; settles ``delivery``."""
         accepted = decode_event(delivery.event.data)
         if not isinstance(accepted, NotificationAccepted):
-            return True
-        t, c, m = accepted.tenant_id, accepted.client_id, accepted.message_id
-        if await self._log.last(notification_subject(t, c, m, "delivered")) is not None:
-            return True
-        failed = await self._log.last(notification_subject(t, c, m, "failed"))
-        if failed is not None:
-            previous = decode_event(failed.data)
-            if isinstance(previous, NotificationDeliveryFailed) and previous.permanent:
-                return True
-        attempt = delivery.num_delivered
-        cause = Cause(message_id=m, position=delivery.event.position)
-        now = self._clock()
-        if now > accepted.occurred_at + self._deadline:
-            await self._fail(accepted, None, attempt, "expired", cause)
-            return True
+            await delivery.ack()
+            return
+        t, c = accepted.tenant_id, accepted.client_id
+        cause = Cause(message_id=accepted.message_id, position=delivery.event.position)
+        state = await self._state(accepted, delivery)
         client = await load_client(self._log, t, c)
-        if not client.registered or client.provider is None:
-            await self._fail(accepted, None, attempt, "client_unregistered", cause)
-            return True
+        tenant = await self._tenants.get(t)
+        now = self._clock()
+        decision = decide_attempt(
+            state,
+            accepted,
+            now=now,
+            deadline=self._deadline,
+            client_registered=client.registered and client.provider is not None,
+            tenant_suspended=tenant.suspended,
+        )
+        match decision:
+            case Skip():
+                await delivery.ack()
+                return
+            case GiveUp(reason=reason):
+                await self._give_up(accepted, state.attempts, None, reason, cause, delivery)
+                return
+            case Hold():
+                if not state.held:
+                    self._held.inc()
+                recording = decide_hold(
+                    state,
+                    accepted,
+                    recheck=self._recheck(delivery),
+                    event_id=_new_id(),
+                    now=now,
+                    cause=cause,
+                )
+                await self._apply(recording, delivery)
+                return
+            case Send(attempt=attempt):
+                pass
+        assert client.provider is not None
         token = await self._sealer.open_token(t, c, client)
-        accepted = await self._sealer.open(accepted)
-        if token is None or accepted.sealed is not None:
-            await self._fail(accepted, None, attempt, "client_erased", cause)
-            return True
+        opened = await self._sealer.open(accepted)
+        if token is None or opened.sealed is not None:
+            await self._give_up(accepted, state.attempts, None, "client_erased", cause, delivery)
+            return
         provider = await self._providers.lookup(t, client.provider)
         if isinstance(provider, Unavailable) and provider.permanent:
-            await self._fail(accepted, client.provider, attempt, provider.reason, cause)
-            return True
+            await self._give_up(
+                accepted, state.attempts, client.provider, provider.reason, cause, delivery
+            )
+            return
         target = Target(tenant_id=t, client_id=c, provider=client.provider, token=token)
+        latency = 0.0
         if isinstance(provider, Unavailable):  # the tenant's credentials cannot be had now
-            return await self._record(
-                accepted,
-                target,
-                client.version,
-                Retry(provider.reason),
-                attempt,
-                0.0,
-                cause,
-                delivery,
-            )
-        if await self._suspensions.suspended(t):
-            # nothing goes out for a suspended tenant; what is owed waits for new credentials
-            outcome: Outcome = Retry("tenant_suspended")
-            return await self._record(
-                accepted, target, client.version, outcome, attempt, 0.0, cause, delivery
-            )
+            outcome: Outcome = Retry(provider.reason)
+        else:
+            outcome, latency = await self._send(provider, opened, target, attempt, delivery)
+        recording = decide_outcome(
+            outcome,
+            accepted,
+            provider=client.provider,
+            attempt=attempt,
+            latency=latency,
+            client_version=client.version,
+            tenant_version=tenant.version,
+            tenant_suspended=tenant.suspended,
+            retry_delay=backoff(attempt, base=self._retry_base, cap=self._retry_cap),
+            hold_recheck=self._recheck(delivery),
+            deadline=self._deadline,
+            new_id=_new_id(),
+            second_id=_new_id(),
+            now=self._clock(),
+            cause=cause,
+        )
+        await self._apply(recording, delivery)
+
+    def _recheck(self, delivery: Delivery) -> float:
+        """Seconds before a held notification is looked at again: from about a second, doubling
+        with each look, up to ``hold_recheck``."""
+        return backoff(delivery.num_delivered, base=1.0, cap=self._hold_recheck)
+
+    async def _send(
+        self,
+        provider: Provider,
+        accepted: NotificationAccepted,
+        target: Target,
+        attempt: int,
+        delivery: Delivery,
+    ) -> tuple[Outcome, float]:
+        """One send, bounded by the send timeout, the event kept in progress meanwhile."""
         started = time.monotonic()
-        try:
-            outcome = await asyncio.wait_for(
-                provider.send(accepted, target), timeout=self._send_timeout
-            )
-        except TimeoutError:
-            outcome = Retry("timeout")
+        async with self._kept_alive(delivery):
+            try:
+                outcome = await asyncio.wait_for(
+                    provider.send(accepted, target), timeout=self._send_timeout
+                )
+            except TimeoutError:
+                outcome = Retry("timeout")
         latency = time.monotonic() - started
-        self._latency.observe(latency, provider=client.provider)
-        self._sends.inc(provider=client.provider, outcome=type(outcome).__name__.lower())
+        self._latency.observe(latency, provider=target.provider)
+        self._sends.inc(provider=target.provider, outcome=type(outcome).__name__.lower())
         log.info(
             "delivery_attempt",
-            tenant_id=t,
-            client_id=c,
-            message_id=m,
-            provider=client.provider,
-            token=fingerprint(token),
+            tenant_id=target.tenant_id,
+            client_id=target.client_id,
+            message_id=accepted.message_id,
+            provider=target.provider,
+            token=fingerprint(target.token),
             attempt=attempt,
             outcome=type(outcome).__name__,
             latency_ms=round(latency * 1000, 2),
         )
-        return await self._record(
-            accepted, target, client.version, outcome, attempt, latency, cause, delivery
-        )
+        return outcome, latency
 
-    async def _record(
+    async def _state(self, accepted: NotificationAccepted, delivery: Delivery) -> NotificationState:
+        """What was recorded of ``accepted``: nothing but itself on its first delivery (unless it
+        sits on a subject of the old per-message scheme), else its outcomes read from the log."""
+        state = evolve(NotificationState(), accepted)
+        legacy = is_legacy_notification_subject(delivery.event.subject)
+        if delivery.num_delivered == 1 and not legacy:
+            return state
+        outcomes = await self._outcomes(accepted, delivery.event.position, legacy=legacy)
+        for record in outcomes:
+            event = decode_event(record.data)
+            if (
+                isinstance(event, NotificationDelivered | NotificationDeliveryFailed)
+                and event.message_id == accepted.message_id
+            ):
+                state = evolve(state, event)
+        return state
+
+    async def _outcomes(
+        self, accepted: NotificationAccepted, position: int, *, legacy: bool
+    ) -> list[RecordedEvent]:
+        """The client's delivery outcomes recorded after ``position``, in log order."""
+        t, c, m = accepted.tenant_id, accepted.client_id, accepted.message_id
+        subjects = [notification_subject(t, c, "delivered"), notification_subject(t, c, "failed")]
+        if legacy:
+            subjects += [
+                legacy_notification_subject(t, c, m, "delivered"),
+                legacy_notification_subject(t, c, m, "failed"),
+            ]
+        found: list[RecordedEvent] = []
+        for subject in subjects:
+            found += [r async for r in self._log.read(subject, from_position=position + 1)]
+        return sorted(found, key=lambda r: r.position)
+
+    async def _give_up(
         self,
         accepted: NotificationAccepted,
-        target: Target,
-        client_version: int,
-        outcome: Outcome,
         attempt: int,
-        latency: float,
-        cause: Cause,
-        delivery: Delivery,
-    ) -> bool:
-        match outcome:
-            case Delivered(provider_id=provider_id):
-                event = NotificationDelivered(
-                    event_id=_new_id(),
-                    occurred_at=self._clock(),
-                    tenant_id=accepted.tenant_id,
-                    cause=cause,
-                    client_id=accepted.client_id,
-                    message_id=accepted.message_id,
-                    provider=target.provider,
-                    provider_id=provider_id,
-                    attempt=attempt,
-                    latency_ms=round(latency * 1000, 3),
-                )
-                try:
-                    await self._append(event, expected_version=0)
-                except WrongExpectedVersion:
-                    log.warning("delivered_twice", message_id=accepted.message_id)
-                self._attempts.observe(attempt)
-                self._accept_to_delivered.observe(
-                    (event.occurred_at - accepted.occurred_at).total_seconds()
-                )
-                return True
-            case TokenInvalid(reason=reason):
-                await self._fail(
-                    accepted, target.provider, attempt, f"token_invalid: {reason}", cause
-                )
-                unregistered = ClientUnregistered(
-                    event_id=_new_id(),
-                    occurred_at=self._clock(),
-                    tenant_id=accepted.tenant_id,
-                    cause=cause,
-                    client_id=accepted.client_id,
-                    reason="token_invalid",
-                )
-                try:
-                    await self._append(unregistered, expected_version=client_version)
-                except WrongExpectedVersion:
-                    log.info("client_changed_before_unregister", client_id=accepted.client_id)
-                return True
-            case CredentialsInvalid(reason=reason):
-                await self._fail(
-                    accepted, target.provider, attempt, f"credentials_invalid: {reason}", cause
-                )
-                if not await self._suspensions.suspended(accepted.tenant_id):
-                    # several sends may fail at once: the first one suspends the tenant
-                    self._suspensions.mark(accepted.tenant_id, True)
-                    await self._append(
-                        TenantSuspended(
-                            event_id=_new_id(),
-                            occurred_at=self._clock(),
-                            tenant_id=accepted.tenant_id,
-                            cause=cause,
-                            reason=reason,
-                        )
-                    )
-                return True
-            case Rejected(reason=reason):
-                await self._fail(accepted, target.provider, attempt, reason, cause)
-                return True
-            case Retry(reason=reason, after=after):
-                delay = max(
-                    after or 0.0, backoff(attempt, base=self._retry_base, cap=self._retry_cap)
-                )
-                now = self._clock()
-                next_at = now + timedelta(seconds=delay)
-                if next_at > accepted.occurred_at + self._deadline:
-                    await self._fail(
-                        accepted, target.provider, attempt, f"expired: {reason}", cause
-                    )
-                    return True
-                await self._fail(
-                    accepted,
-                    target.provider,
-                    attempt,
-                    reason,
-                    cause,
-                    next_attempt_at=next_at,
-                    now=now,
-                )
-                await delivery.nak(delay)
-                return False
-
-    async def _fail(
-        self,
-        accepted: NotificationAccepted,
         provider: ProviderType | None,
-        attempt: int,
         reason: str,
         cause: Cause,
-        *,
-        next_attempt_at: datetime | None = None,
-        now: datetime | None = None,
+        delivery: Delivery,
     ) -> None:
-        if next_attempt_at is None:
-            self._attempts.observe(attempt)
-        event = NotificationDeliveryFailed(
-            event_id=_new_id(),
-            occurred_at=now or self._clock(),
-            tenant_id=accepted.tenant_id,
-            cause=cause,
-            client_id=accepted.client_id,
-            message_id=accepted.message_id,
-            provider=provider,
-            attempt=attempt,
-            permanent=next_attempt_at is None,
+        failed = failure(
+            accepted,
             reason=reason,
-            next_attempt_at=next_attempt_at,
+            attempt=attempt,
+            provider=provider,
+            event_id=_new_id(),
+            now=self._clock(),
+            cause=cause,
         )
-        await self._append(event)
+        await self._apply(Recording((Append(failed),)), delivery)
 
-    async def _append(self, event: Event, *, expected_version: int | None = None) -> None:
-        await self._log.append(
-            subject_for(event), encode_event(event), expected_version=expected_version
+    async def _apply(self, recording: Recording, delivery: Delivery) -> None:
+        """Append what ``recording`` says, then ack, or hand the event back for later."""
+        for append in recording.appends:
+            event = append.event
+            if isinstance(event, NotificationDelivered):
+                await self._record_delivered(append, delivery)
+                continue
+            try:
+                await self._log.append(
+                    subject_for(event),
+                    encode_event(event),
+                    expected_version=append.expected_version,
+                    idempotency_key=append.idempotency_key,
+                )
+            except WrongExpectedVersion:
+                if not append.may_lose:
+                    raise
+                log.info(
+                    "outcome_superseded",
+                    type=type(event).__name__,
+                    position=delivery.event.position,
+                )
+                continue
+            if isinstance(event, TenantSuspended):
+                self._tenants.mark(event.tenant_id, True)
+                log.warning("tenant_suspended", tenant_id=event.tenant_id, reason=event.reason)
+            if isinstance(event, NotificationDeliveryFailed) and event.permanent:
+                self._attempts.observe(max(event.attempt, 1))
+        if recording.retry_in is None:
+            await delivery.ack()
+        else:
+            await delivery.nak(recording.retry_in)
+
+    async def _record_delivered(self, append: Append, delivery: Delivery) -> None:
+        """Append ``notification.delivered`` until the log takes it: the provider already has
+        the notification, so a failure here must never lead to sending it again."""
+        event = append.event
+        assert isinstance(event, NotificationDelivered)
+        data = encode_event(event)
+        delay = RECORD_RETRY[0]
+        async with self._kept_alive(delivery):
+            while True:
+                try:
+                    await self._log.append(
+                        subject_for(event), data, idempotency_key=append.idempotency_key
+                    )
+                    break
+                except EventLogUnavailable as exc:
+                    log.warning(
+                        "delivered_not_recorded_yet", message_id=event.message_id, error=str(exc)
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECORD_RETRY[1])
+        self._attempts.observe(event.attempt)
+        accepted_at = delivery.event.recorded_at
+        self._accept_to_delivered.observe((event.occurred_at - accepted_at).total_seconds())
+
+    @contextlib.asynccontextmanager
+    async def _kept_alive(self, delivery: Delivery) -> AsyncIterator[None]:
+        """Tell the log the event is still being worked on, every third of its ack wait."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self._ack_wait / 3)
+                with contextlib.suppress(EventLogUnavailable):
+                    await delivery.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class _Outage:
+    """An outage of the log as a worker loop sees it: said once when it starts and once when it
+    ends, with a growing wait between attempts."""
+
+    def __init__(self, part: str, error: str) -> None:
+        self._part = part
+        self._delay = OUTAGE_BACKOFF[0]
+        self._since = time.monotonic()
+        log.warning("event_log_unreachable", part=part, error=error)
+
+    def next_delay(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2, OUTAGE_BACKOFF[1])
+        return delay
+
+    def over(self) -> None:
+        log.info(
+            "event_log_reachable_again",
+            part=self._part,
+            seconds=round(time.monotonic() - self._since, 1),
         )

@@ -1,6 +1,8 @@
-"""What one send attempt came to, as values a provider returns and the dispatcher records.
+"""What one send attempt came to, and the one-method interface every provider implements.
 
-A provider sorts whatever its service answered into one of these; unknown answers are retried.
+The answers themselves (:class:`Delivered`, :class:`TokenInvalid`, ...) are values of the delivery
+domain (:mod:`relaypush.domain.delivery`), which decides what each means; a provider sorts
+whatever its service answered into one of them, and unknown answers are retried.
 """
 
 from __future__ import annotations
@@ -8,6 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from relaypush.domain.delivery import (
+    CredentialsInvalid,
+    Delivered,
+    Outcome,
+    Rejected,
+    Retry,
+    TokenInvalid,
+)
 from relaypush.domain.events import NotificationAccepted, ProviderType
 
 __all__ = [
@@ -20,43 +30,6 @@ __all__ = [
     "Target",
     "TokenInvalid",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    provider_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class TokenInvalid:
-    """The device token is dead: the client is unregistered."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialsInvalid:
-    """The tenant's provider credentials are wrong: the tenant is suspended."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """This message can never be sent."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Try again later; ``after`` is the provider's Retry-After in seconds, if it gave one."""
-
-    reason: str
-    after: float | None = None
-
-
-Outcome = Delivered | TokenInvalid | CredentialsInvalid | Rejected | Retry
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,7 +219,6 @@ def decide_push(
     state: ClientState,
     command: PushToClient,
     *,
-    tenant_suspended: bool,
     event_id: str,
     now: datetime,
 ) -> PushDecision:
@@ -227,9 +226,10 @@ def decide_push(
 
     Shape comes before state: a body that cannot be read, or whose provider payload would be
     over the provider's limit, is refused whatever the client or tenant. Then a client that is
-    not registered drops it (``client_not_registered``), then a suspended tenant
-    (``tenant_suspended``). Deduplication is not decided here: the accepted event carries its
-    ``dedup_key`` and the log refuses a second one (see :func:`record_duplicate`).
+    not registered drops it (``client_not_registered``). A push for a suspended tenant is
+    accepted like any other: the dispatcher holds it until the tenant is un-suspended
+    (:mod:`relaypush.domain.delivery`). Deduplication is not decided here: the accepted event
+    carries its ``dedup_key`` (see :func:`record_duplicate`).
     """
     push = _parse(state, command.body)
     cause = Cause(request_id=command.request_id, message_id=push.message_id)
@@ -239,8 +239,6 @@ def decide_push(
     accepted = _accepted(tenant_id, client_id, push, event_id=event_id, now=now, cause=cause)
     assert state.provider is not None
     check_payload_size(accepted, state.provider)
-    if tenant_suspended:
-        return _dropped(command, push.message_id, "tenant_suspended", event_id, now, cause)
     return accepted
 
 

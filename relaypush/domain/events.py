@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 ProviderType = Literal["apns", "apns-sandbox", "fcm", "noop"]
-UnregisterReason = Literal["requested", "token_invalid", "superseded", "tenant_deleted", "erased"]
+UnregisterReason = Literal[
+    "requested", "token_invalid", "token_foreign", "superseded", "tenant_deleted", "erased"
+]
 DropReason = Literal["client_not_registered", "tenant_suspended"]
 CredentialKind = Literal["apns", "fcm_v1"]
 ApnsType = Literal["token", "certificate"]

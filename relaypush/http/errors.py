@@ -5,6 +5,7 @@
     TenantNotFound               404  ``tenant_not_found``, field ``id`` in the path
     RateLimited                  429  Retry-After
     EventLogUnavailable          503  Retry-After; the request may be repeated with the same id
+    IndexUnavailable             503  Retry-After; the deduplication index cannot be read
     ConcurrentUpdate             503  Retry-After
     TenantConflict               503  Retry-After
     CredentialStoreUnavailable   503  ``storage_unavailable``, Retry-After
@@ -27,6 +28,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
 
 from eventstore.errors import EventLogUnavailable
+from relaypush.domain.dedup import IndexUnavailable
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest, Unauthorized
 from relaypush.domain.tenants import TenantNotFound
 from relaypush.http.envelope import failed_body
@@ -116,8 +118,12 @@ def _rate_limited(_: AnyRequest, exc: Exception) -> Response[bytes]:
 
 
 def _unavailable(request: AnyRequest, exc: Exception) -> Response[bytes]:
-    log.warning("event_log_unavailable", path=request.url.path, error=str(exc))
-    what = "the event log cannot be reached; repeating the request with the same id is safe"
+    if isinstance(exc, IndexUnavailable):
+        log.warning("dedup_index_unavailable", path=request.url.path, error=str(exc))
+        what = "the database cannot be reached; repeating the request with the same id is safe"
+    else:
+        log.warning("event_log_unavailable", path=request.url.path, error=str(exc))
+        what = "the event log cannot be reached; repeating the request with the same id is safe"
     return error_response(
         503,
         errors=(ErrorInfo("storage_unavailable", what),),
@@ -175,6 +181,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     TenantNotFound: _tenant_not_found,
     RateLimited: _rate_limited,
     EventLogUnavailable: _unavailable,
+    IndexUnavailable: _unavailable,
     ConcurrentUpdate: _conflict,
     TenantConflict: _conflict,
     CredentialStoreUnavailable: _credentials_unavailable,

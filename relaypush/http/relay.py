@@ -33,7 +33,7 @@ from relaypush.domain.payload import parse_register
 from relaypush.http.envelope import OK_BODY, failed_body
 from relaypush.http.observe import request_id_of
 from relaypush.http.openapi import PUSH_OPERATION, REGISTER_OPERATION, failed, ok
-from relaypush.service import Accepted, Dropped, Duplicate, RelayService
+from relaypush.service import Accepted, Dropped, Duplicate, Held, RelayService
 
 __all__ = ["RelayContext", "relay_route_handlers"]
 
@@ -46,8 +46,9 @@ _SUSPENDED_BODY: Final = failed_body(
     errors=(
         ErrorInfo(
             "tenant_suspended",
-            "the tenant is suspended because its provider credentials were refused; "
-            "nothing is delivered until they change",
+            "the tenant is suspended because its provider credentials were refused; the "
+            "notification is recorded and held until the tenant is un-suspended or its "
+            "deadline passes",
         ),
     )
 )
@@ -170,7 +171,7 @@ async def push_notification(
             return _json(202)
         case Duplicate():
             return _json(200)
-        case Dropped(reason="tenant_suspended"):
+        case Held() | Dropped(reason="tenant_suspended"):
             return _json(202, _SUSPENDED_BODY)
         case Dropped():
             return _json(202)

@@ -606,6 +606,24 @@ async def test_max_ack_pending_holds_back_new_events(event_log: EventLog) -> Non
     await sub.close()
 
 
+async def test_events_naked_with_a_delay_count_against_max_ack_pending(
+    event_log: EventLog,
+) -> None:
+    for i in range(4):
+        await event_log.append(("h",), str(i).encode())
+    bounded = await event_log.subscribe("bounded-naks", max_ack_pending=2)
+    for delivery in await fetch_n(bounded, 2):
+        await delivery.nak(30.0)
+    assert await bounded.fetch(2, timeout=0.5) == []
+    await bounded.close()
+
+    unbounded = await event_log.subscribe("unbounded-naks", max_ack_pending=-1)
+    for delivery in await fetch_n(unbounded, 2):
+        await delivery.nak(30.0)
+    assert [d.event.position for d in await fetch_n(unbounded, 2)] == [3, 4]
+    await unbounded.close()
+
+
 # -- implementation specifics ------------------------------------------------------------------
 
 

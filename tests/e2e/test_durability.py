@@ -144,7 +144,8 @@ def test_kill_9_and_restart_keeps_everything_accepted(data_dir: Path) -> None:
         def sent() -> set[tuple[str, str]]:
             with psycopg.connect(database_url) as conn:
                 rows = conn.execute(
-                    "SELECT client_id, message_id FROM relaypush.messages WHERE status = 'sent'"
+                    "SELECT client_id, message_id FROM relaypush.messages"
+                    " WHERE status = 'delivered'"
                 ).fetchall()
             return {(r[0], r[1]) for r in rows}
 

@@ -16,69 +16,12 @@ from eventstore import (
     EventLog,
     RecordedEvent,
     SubjectFilter,
+    SubjectFilters,
     Subscription,
 )
-from tests.eventlogs import WrappedLog
+from tests.eventlogs import FaultyLog, NoAckLog, WrappedLog
 
 __all__ = ["LaggingLog", "LossyLog", "NoAckLog", "ReplayingLog", "WrappedLog"]
-
-
-class UnackedDelivery:
-    """A delivery whose ack is lost: the process died right after its commit."""
-
-    def __init__(self, inner: Delivery) -> None:
-        self.inner = inner
-
-    @property
-    def event(self) -> RecordedEvent:
-        return self.inner.event
-
-    @property
-    def num_delivered(self) -> int:
-        return self.inner.num_delivered
-
-    async def ack(self) -> None:
-        return
-
-    async def nak(self, delay: float | None = None) -> None:
-        await self.inner.nak(delay)
-
-    async def in_progress(self) -> None:
-        await self.inner.in_progress()
-
-
-class FilteredSubscription:
-    """A subscription whose fetched batches pass through ``alter``."""
-
-    def __init__(self, inner: Subscription, owner: FaultyLog) -> None:
-        self.inner = inner
-        self.owner = owner
-
-    async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
-        return self.owner.alter(await self.inner.fetch(max_messages, timeout))
-
-    async def pending(self) -> int:
-        return await self.inner.pending()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-class FaultyLog(WrappedLog):
-    """Base of the fault injectors: ``alter`` sees every fetched batch."""
-
-    def wrap(self, subscription: Subscription) -> Subscription:
-        return FilteredSubscription(subscription, self)
-
-    def alter(self, deliveries: list[Delivery]) -> list[Delivery]:
-        return deliveries
-
-
-class NoAckLog(FaultyLog):
-    """Commits happen, acks never reach the server."""
-
-    def alter(self, deliveries: list[Delivery]) -> list[Delivery]:
-        return [UnackedDelivery(d) for d in deliveries]
 
 
 class ReplayingLog(WrappedLog):
@@ -87,7 +30,7 @@ class ReplayingLog(WrappedLog):
     async def subscribe(
         self,
         durable: str,
-        subject_filter: SubjectFilter = (REST,),
+        subject_filter: SubjectFilters = (REST,),
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,

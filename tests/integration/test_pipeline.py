@@ -134,7 +134,7 @@ async def test_register_push_deliver_project(stack: Stack) -> None:
     messages = await fetch(
         stack, "SELECT message_id, status, encrypted, attempts FROM messages ORDER BY message_id"
     )
-    assert messages == [("m-1", "sent", False, 1), ("m-2", "sent", True, 1)]
+    assert messages == [("m-1", "delivered", False, 1), ("m-2", "delivered", True, 1)]
     inbox = await fetch(
         stack, "SELECT message_id, title, body, blob FROM inbox ORDER BY message_id"
     )
@@ -159,7 +159,7 @@ async def test_fifty_concurrent_copies_are_accepted_once(stack: Stack) -> None:
     rows = await fetch(
         stack, "SELECT status, duplicates FROM messages WHERE message_id = 'same-id'"
     )
-    assert rows == [("sent", 49)]
+    assert rows == [("delivered", 49)]
 
 
 async def test_push_to_unregistered_client_is_dropped_and_recorded(stack: Stack) -> None:

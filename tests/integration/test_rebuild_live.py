@@ -40,6 +40,7 @@ from eventstore import (
     JetStreamEventLog,
     RecordedEvent,
     SubjectFilter,
+    SubjectFilters,
     Subscription,
 )
 from projections import (
@@ -316,7 +317,7 @@ class SubscriptionsSeen(WrappedLog):
     async def subscribe(
         self,
         durable: str,
-        subject_filter: SubjectFilter = (REST,),
+        subject_filter: SubjectFilters = (REST,),
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,

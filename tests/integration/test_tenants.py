@@ -274,6 +274,7 @@ async def open_stack(
                 send_timeout=settings.send_timeout,
                 retry_base=0.05,
                 retry_cap=0.2,
+                hold_recheck=0.2,
                 metrics=metrics,
             )
             service = RelayService(

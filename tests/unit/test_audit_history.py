@@ -118,7 +118,7 @@ async def test_entries_show_cause_and_data_and_never_a_token(story_log: InMemory
     assert "token" not in registered.data
     accepted = entries[1]
     assert accepted.cause == {"request_id": "req-m1", "message_id": "m1"}
-    assert accepted.subject == ["acme", "notification", "w1", "m1", "accepted"]
+    assert accepted.subject == ["acme", "notification", "w1", "accepted"]
     every = [e async for e in history(story_log, HistoryQuery())]
     assert "device-token" not in json.dumps([e.data for e in every])
 

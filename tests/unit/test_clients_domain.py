@@ -156,9 +156,7 @@ def test_unregister_is_recorded_even_when_not_registered(state: ClientState) -> 
 
 
 def test_push_to_a_registered_client_is_accepted_with_its_payload() -> None:
-    event = decide_push(
-        registered(), push(push_body(flags=17)), tenant_suspended=False, event_id="ev", now=NOW
-    )
+    event = decide_push(registered(), push(push_body(flags=17)), event_id="ev", now=NOW)
     assert event == NotificationAccepted(
         event_id="ev",
         occurred_at=NOW,
@@ -178,9 +176,7 @@ def test_push_to_a_registered_client_is_accepted_with_its_payload() -> None:
 def test_cleartext_blob_is_decoded_into_notify() -> None:
     blob = base64.b64encode(b'{"title":"Hi","body":"there"}').decode()
     state = registered()
-    event = decide_push(
-        state, push(push_body(flags=16, blob=blob)), tenant_suspended=False, event_id="e", now=NOW
-    )
+    event = decide_push(state, push(push_body(flags=16, blob=blob)), event_id="e", now=NOW)
     assert isinstance(event, NotificationAccepted)
     assert event.notify == NotifyMessage(title="Hi", body="there")
     assert event.blob == blob
@@ -189,9 +185,7 @@ def test_cleartext_blob_is_decoded_into_notify() -> None:
 
 def test_raw_client_push_is_identified_by_sha256() -> None:
     body = json.dumps({"topic": "ab", "tag": 4001, "message": "hello"}).encode()
-    event = decide_push(
-        registered(always_raw=True), push(body), tenant_suspended=False, event_id="e", now=NOW
-    )
+    event = decide_push(registered(always_raw=True), push(body), event_id="e", now=NOW)
     assert isinstance(event, NotificationAccepted)
     digest = hashlib.sha256(b"hello").hexdigest()
     assert event.message_id == digest
@@ -200,36 +194,28 @@ def test_raw_client_push_is_identified_by_sha256() -> None:
 
 
 def test_push_to_unknown_client_is_dropped_under_its_message_id() -> None:
-    event = decide_push(NO_CLIENT, push(push_body()), tenant_suspended=True, event_id="e", now=NOW)
+    event = decide_push(NO_CLIENT, push(push_body()), event_id="e", now=NOW)
     assert isinstance(event, NotificationDropped)
     assert (event.reason, event.message_id) == ("client_not_registered", "m1")
 
 
 def test_raw_push_to_unknown_client_is_dropped_too() -> None:
     body = json.dumps({"topic": "ab", "tag": 1, "message": "hi"}).encode()
-    event = decide_push(NO_CLIENT, push(body), tenant_suspended=False, event_id="e", now=NOW)
+    event = decide_push(NO_CLIENT, push(body), event_id="e", now=NOW)
     assert isinstance(event, NotificationDropped)
     assert event.message_id == hashlib.sha256(b"hi").hexdigest()
 
 
 def test_malformed_push_to_unknown_client_is_refused_not_dropped() -> None:
     with pytest.raises(InvalidRequest) as caught:
-        decide_push(NO_CLIENT, push(b"{}"), tenant_suspended=False, event_id="e", now=NOW)
+        decide_push(NO_CLIENT, push(b"{}"), event_id="e", now=NOW)
     assert {f.field for f in caught.value.fields} == {"id", "payload"}
 
 
-def test_suspended_tenant_drops_the_push() -> None:
-    event = decide_push(
-        registered(), push(push_body()), tenant_suspended=True, event_id="e", now=NOW
-    )
-    assert isinstance(event, NotificationDropped)
-    assert event.reason == "tenant_suspended"
-
-
-def test_oversized_payload_is_refused_before_the_suspension_is_considered() -> None:
+def test_oversized_payload_is_refused() -> None:
     body = push_body(blob="A" * 5000)
     with pytest.raises(InvalidRequest) as caught:
-        decide_push(registered(), push(body), tenant_suspended=True, event_id="e", now=NOW)
+        decide_push(registered(), push(body), event_id="e", now=NOW)
     assert [e.name for e in caught.value.errors] == ["payload_too_large"]
 
 
@@ -244,14 +230,12 @@ def test_oversized_payload_is_refused_before_the_suspension_is_considered() -> N
 def test_body_of_the_wrong_kind_is_refused(always_raw: bool, body: bytes, field: str) -> None:
     state = registered(always_raw=always_raw)
     with pytest.raises(InvalidRequest) as caught:
-        decide_push(state, push(body), tenant_suspended=False, event_id="e", now=NOW)
+        decide_push(state, push(body), event_id="e", now=NOW)
     assert [f.field for f in caught.value.fields] == [field]
 
 
 def test_duplicate_names_the_same_notification() -> None:
-    accepted = decide_push(
-        registered(), push(push_body()), tenant_suspended=False, event_id="e1", now=NOW
-    )
+    accepted = decide_push(registered(), push(push_body()), event_id="e1", now=NOW)
     assert isinstance(accepted, NotificationAccepted)
     duplicate = record_duplicate(accepted, event_id="e2", now=NOW)
     assert (duplicate.event_id, duplicate.message_id, duplicate.dedup_key) == (

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 
-from eventstore import InMemoryEventLog
+from eventstore import EventLog, InMemoryEventLog
 from relaypush.delivery.dispatcher import Dispatcher, backoff
 from relaypush.delivery.outcomes import (
     CredentialsInvalid,
@@ -33,6 +33,7 @@ from relaypush.domain.events import (
 )
 from relaypush.domain.streams import dedup_key, subject_for
 from relaypush.metrics import Registry
+from tests.eventlogs import NoAckLog, NotingLog
 
 TENANT = "0000-0000-0000-0000"
 
@@ -87,7 +88,7 @@ async def accept(log: InMemoryEventLog, client: str, message: str) -> None:
         encrypted=True,
         blob="YQ==",
     )
-    await log.append(subject_for(event), encode_event(event), expected_version=0)
+    await log.append(subject_for(event), encode_event(event), idempotency_key=event.dedup_key)
 
 
 async def events(log: InMemoryEventLog) -> list[AnyEvent]:
@@ -114,7 +115,7 @@ async def fx_log() -> AsyncIterator[InMemoryEventLog]:
     await log.close()
 
 
-def dispatcher(log: InMemoryEventLog, provider: ScriptedProvider, **kw: float) -> Dispatcher:
+def dispatcher(log: EventLog, provider: ScriptedProvider, **kw: float) -> Dispatcher:
     return Dispatcher(
         log,
         {"noop": provider},
@@ -218,28 +219,31 @@ async def test_a_crash_mid_send_sends_again_at_most_once_more(log: InMemoryEvent
     assert count(NotificationDelivered, await events(log)) == 2
 
 
-async def test_a_notification_already_delivered_is_not_sent_again(log: InMemoryEventLog) -> None:
+async def test_a_redelivered_notification_already_delivered_is_not_sent_again(
+    log: InMemoryEventLog,
+) -> None:
+    # the first dispatcher records the delivery, and dies before its ack reaches the log
+    first = ScriptedProvider()
+    stop_first = asyncio.Event()
+    lossy = asyncio.create_task(dispatcher(NoAckLog(log), first, send_timeout=0.1).run(stop_first))
     await accept(log, "c1", "m1")
-    delivered = NotificationDelivered(
-        event_id="d",
-        occurred_at=now(),
-        tenant_id=TENANT,
-        client_id="c1",
-        message_id="m1",
-        provider="noop",
-        provider_id="earlier",
-        attempt=1,
-        latency_ms=1.0,
-    )
-    await log.append(subject_for(delivered), encode_event(delivered))
-    provider = ScriptedProvider()
+    await until(log, lambda ev: count(NotificationDelivered, ev) == 1)
+    stop_first.set()
+    await lossy
+    # the event comes back after the ack wait: its history says it was delivered
+    second = ScriptedProvider()
+    noting = NotingLog(log)
     stop = asyncio.Event()
-    task = asyncio.create_task(dispatcher(log, provider).run(stop))
+    task = asyncio.create_task(dispatcher(noting, second, send_timeout=0.1).run(stop))
     await accept(log, "c1", "m2")
     await until(log, lambda ev: count(NotificationDelivered, ev) == 2)
+    m1_position = 2
+    await until(log, lambda _: any(p == m1_position and n > 1 for p, n in noting.acked))
     stop.set()
     await task
-    assert provider.sent == ["m2"]
+    assert first.sent == ["m1"]
+    assert second.sent == ["m2"]
+    assert count(NotificationDelivered, await events(log)) == 2
 
 
 async def test_dispatchers_sharing_the_durable_send_each_notification_once(

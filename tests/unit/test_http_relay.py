@@ -454,7 +454,7 @@ async def test_push_to_unknown_client_is_202_and_recorded_as_dropped(env: Env) -
     )
 
 
-async def test_push_to_suspended_tenant_is_202_with_tenant_suspended(env: Env) -> None:
+async def test_push_to_suspended_tenant_is_202_with_tenant_suspended_and_held(env: Env) -> None:
     suspended = TenantSuspended(
         event_id="s1",
         occurred_at=datetime.now(UTC),
@@ -469,15 +469,17 @@ async def test_push_to_suspended_tenant_is_202_with_tenant_suspended(env: Env) -
     assert error_names(response.json()) == ["tenant_suspended"]
     assert fields_of(response.json()) == []
     last = (await events(env.log))[-1]
-    assert isinstance(last, NotificationDropped)
-    assert last.reason == "tenant_suspended"
+    assert isinstance(last, NotificationAccepted)  # recorded and held, not dropped
+    assert last.message_id == "m-s"
     unsuspended = TenantUnsuspended(
         event_id="s2", occurred_at=datetime.now(UTC), tenant_id=DEFAULT_TENANT
     )
     await env.log.append(tenant_subject(DEFAULT_TENANT), encode_event(unsuspended))
     env.monotonic.now += 1.0
     again = await env.client.post(f"/clients/{LEGACY}", json=legacy_body("m-s"))
-    assert (again.status_code, again.json()) == (202, {"status": "OK"})
+    assert (again.status_code, again.json()) == (200, {"status": "OK"})  # already held
+    other = await env.client.post(f"/clients/{LEGACY}", json=legacy_body("m-t"))
+    assert (other.status_code, other.json()) == (202, {"status": "OK"})
 
 
 async def test_raw_client_is_deduplicated_by_sha256(env: Env) -> None:

@@ -145,46 +145,54 @@ def test_a_tenant_deletion_deactivates_its_devices_before_it_not_after() -> None
     assert upsert.active, "a client registered after the tenant was re-created is active"
 
 
-def test_messages_fold_accept_and_outcomes_into_one_change() -> None:
-    [[change]] = messages.plan(
-        positioned(accepted(1), duplicate(2), failed(3, permanent=False), delivered(4))
+def test_messages_fold_accept_and_outcomes_into_one_row() -> None:
+    [row] = messages.plan(
+        positioned(accepted(1), duplicate(2), failed(3, permanent=False), delivered(4)), {}
     )
-    assert (change.kind, change.accepted_position, change.inserted_at) == ("accepted", 1, at(1))
-    assert (change.duplicates, change.status, change.attempts) == (1, "sent", 2)
-    assert (change.last_error, change.next_attempt_at, change.set_next_attempt_at) == (
+    assert (row.status, row.accepted_position, row.accepted_at) == ("delivered", 1, at(1))
+    assert (row.duplicates, row.attempts, row.last_error, row.next_attempt_at) == (
+        1,
+        2,
         "boom",
         None,
-        True,
     )
-    assert (change.provider_id, change.delivered_at, change.updated_at) == ("p-1", at(4), at(4))
+    assert (row.provider_id, row.delivered_at, row.updated_at) == ("p-1", at(4), at(4))
 
 
-def test_a_retryable_failure_leaves_the_status_and_a_permanent_one_fails() -> None:
-    [[retry]] = messages.plan(positioned(failed(1, permanent=False)))
-    assert (retry.kind, retry.status, retry.next_attempt_at) == (None, None, at(61))
-    [[final]] = messages.plan(positioned(failed(1, permanent=True)))
-    assert (final.status, final.failed_at) == ("failed", at(1))
+def test_a_retryable_failure_keeps_a_row_pending_and_a_permanent_one_fails_it() -> None:
+    [pending] = messages.plan(positioned(accepted(1), failed(2, permanent=False)), {})
+    assert (pending.status, pending.next_attempt_at, pending.last_error) == (
+        "pending",
+        at(62),
+        "boom",
+    )
+    [final] = messages.plan(positioned(failed(3, permanent=True)), {pending.key: pending})
+    assert (final.status, final.failed_at, final.next_attempt_at) == ("failed", at(3), None)
 
 
-def test_accepted_replaces_a_drop_of_the_same_batch() -> None:
-    [[change]] = messages.plan(positioned(dropped(1), accepted(2), dropped(3), accepted(4)))
-    assert (change.kind, change.accepted_position, change.drop_reason) == ("accepted", 2, None)
+def test_outcomes_fold_onto_the_row_already_in_the_table() -> None:
+    [row] = messages.plan(positioned(accepted(1)), {})
+    [later] = messages.plan([(7, delivered(7))], {row.key: row})
+    assert (later.status, later.accepted_position, later.topic) == ("delivered", 1, "topic")
+    # a failure recorded after the delivery changes nothing
+    assert messages.plan([(8, failed(8, permanent=True))], {later.key: later}) == []
 
 
-def test_an_outcome_before_its_row_starts_a_new_round() -> None:
-    rounds = messages.plan(positioned(duplicate(1), accepted(2), dropped(3, message="m2")))
-    assert [[(c.message_id, c.kind, c.duplicates) for c in r] for r in rounds] == [
-        [("m1", None, 1)],
-        [("m1", "accepted", 0), ("m2", "dropped", 0)],
-    ]
+def test_outcomes_of_a_notification_with_no_row_change_nothing() -> None:
+    assert messages.plan(positioned(duplicate(1), delivered(2)), {}) == []
 
 
-def test_accepted_after_a_touched_drop_starts_a_new_round() -> None:
-    rounds = messages.plan(positioned(dropped(1), duplicate(2), accepted(3)))
-    assert [[(c.kind, c.duplicates) for c in r] for r in rounds] == [
-        [("dropped", 1)],
-        [("accepted", 0)],
-    ]
+def test_accepted_replaces_a_drop_and_a_later_drop_changes_nothing() -> None:
+    [row] = messages.plan(positioned(dropped(1), accepted(2), dropped(3), accepted(4)), {})
+    assert (row.status, row.accepted_position, row.last_error) == ("pending", 2, None)
+    [drop] = messages.plan(positioned(dropped(1), duplicate(2)), {})
+    assert (drop.status, drop.last_error, drop.duplicates) == (
+        "dropped",
+        "client_not_registered",
+        1,
+    )
+    [revived] = messages.plan([(3, accepted(3))], {drop.key: drop})
+    assert (revived.status, revived.duplicates, revived.accepted_position) == ("pending", 1, 3)
 
 
 def test_inbox_keeps_cleartext_blob_or_raw_body() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -22,7 +23,15 @@ from relaypush.domain.events import (
 from relaypush.domain.payload import RegisterRequest
 from relaypush.domain.streams import client_subject, tenant_subject
 from relaypush.metrics import Registry
-from relaypush.service import Accepted, ConcurrentUpdate, Dropped, Duplicate, RelayService
+from relaypush.service import (
+    Accepted,
+    ConcurrentUpdate,
+    Dropped,
+    Duplicate,
+    Held,
+    RelayService,
+)
+from tests.dedup import CaughtUpIndex
 
 TENANT = DEFAULT_TENANT  # other tenants must be created first: see test_tenants_domain.py
 CLIENT = "z6MkClient"
@@ -136,7 +145,11 @@ async def test_push_reads_the_log_once_while_the_tenant_is_cached() -> None:
     now = [0.0]
     log = RacingLog(races=0)
     service = RelayService(
-        log, enabled_providers=lambda _: NOOP, monotonic=lambda: now[0], metrics=Registry()
+        log,
+        enabled_providers=lambda _: NOOP,
+        monotonic=lambda: now[0],
+        metrics=Registry(),
+        dedup_index=CaughtUpIndex(),
     )
     await service.register(TENANT, REQUEST, request_id="r")
     await service.push(TENANT, CLIENT, b'{"id": "warm", "payload": "ab:1:eA=="}', request_id="r")
@@ -152,4 +165,74 @@ async def test_push_reads_the_log_once_while_the_tenant_is_cached() -> None:
     later = await service.push(
         TENANT, CLIENT, b'{"id": "m2", "payload": "ab:1:eA=="}', request_id="r"
     )
-    assert later == Dropped("m2", "tenant_suspended")
+    assert later == Held("m2")
+
+
+async def test_a_copy_older_than_the_duplicate_window_is_found_in_the_log_without_an_index() -> (
+    None
+):
+    clock = [1000.0]
+    log = InMemoryEventLog(duplicate_window=10.0, now=lambda: clock[0])
+    registry = Registry()
+    service = RelayService(log, enabled_providers=lambda _: NOOP, metrics=registry)
+    await service.register(TENANT, REQUEST, request_id="r")
+    assert await service.push(TENANT, CLIENT, PUSH, request_id="r") == Accepted("m1")
+    clock[0] += 60.0  # the log's own idempotency key is forgotten
+    assert await service.push(TENANT, CLIENT, PUSH, request_id="r") == Duplicate("m1")
+    other = b'{"id": "m2", "payload": "ab:1:eA=="}'
+    assert await service.push(TENANT, CLIENT, other, request_id="r") == Accepted("m2")
+    scans = registry.counter("relaypush_dedup_log_scans_total", "")
+    assert scans.value() == 3
+
+
+async def test_what_the_index_holds_is_a_duplicate_at_any_age() -> None:
+    clock = [1000.0]
+    log = InMemoryEventLog(duplicate_window=10.0, now=lambda: clock[0])
+    index = CaughtUpIndex()
+    service = RelayService(
+        log, enabled_providers=lambda _: NOOP, metrics=Registry(), dedup_index=index
+    )
+    await service.register(TENANT, REQUEST, request_id="r")
+    assert await service.push(TENANT, CLIENT, PUSH, request_id="r") == Accepted("m1")
+    index.accepted.add((TENANT, CLIENT, "m1"))
+    clock[0] += 10_000.0
+    before = await log.last_position()
+    assert await service.push(TENANT, CLIENT, PUSH, request_id="r") == Duplicate("m1")
+    types = [decode_event(e.data).__struct_config__.tag async for e in log.read()]
+    assert types[before:] == ["notification.duplicate"]
+
+
+async def test_a_lagging_index_is_completed_from_the_log_after_its_position() -> None:
+    clock = [1000.0]
+    log = InMemoryEventLog(duplicate_window=10.0, now=lambda: clock[0])
+    stale = datetime(2000, 1, 1, tzinfo=UTC)
+    index = CaughtUpIndex(position=0, caught_up_at=stale)
+    service = RelayService(
+        log,
+        enabled_providers=lambda _: NOOP,
+        metrics=Registry(),
+        dedup_index=index,
+        duplicate_window=10.0,
+    )
+    await service.register(TENANT, REQUEST, request_id="r")
+    assert await service.push(TENANT, CLIENT, PUSH, request_id="r") == Accepted("m1")
+    clock[0] += 60.0
+    assert await service.push(TENANT, CLIENT, PUSH, request_id="r") == Duplicate("m1")
+    # an index that reaches past the accepted event but does not hold it is believed
+    index.position = await log.last_position()
+    assert await service.push(TENANT, CLIENT, PUSH, request_id="r") == Accepted("m1")
+
+
+async def test_a_recent_index_miss_relies_on_the_logs_idempotency_key() -> None:
+    log = InMemoryEventLog()
+    index = CaughtUpIndex()
+    service = RelayService(
+        log, enabled_providers=lambda _: NOOP, metrics=Registry(), dedup_index=index
+    )
+    await service.register(TENANT, REQUEST, request_id="r")
+    first, second = await asyncio.gather(
+        service.push(TENANT, CLIENT, PUSH, request_id="a"),
+        service.push(TENANT, CLIENT, PUSH, request_id="b"),
+    )
+    assert sorted([type(first).__name__, type(second).__name__]) == ["Accepted", "Duplicate"]
+    assert index.lookups == 2

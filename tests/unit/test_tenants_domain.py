@@ -42,6 +42,7 @@ from relaypush.domain.tenants import (
 )
 from relaypush.metrics import Registry
 from relaypush.service import Accepted, Dropped, RelayService
+from tests.dedup import CaughtUpIndex
 
 T = "acme"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -271,7 +272,12 @@ PUSH = b'{"id": "m1", "payload": "ab:1:eA=="}'
 
 
 def service_on(log: InMemoryEventLog) -> RelayService:
-    return RelayService(log, enabled_providers=lambda _: frozenset({"noop"}), metrics=Registry())
+    return RelayService(
+        log,
+        enabled_providers=lambda _: frozenset({"noop"}),
+        metrics=Registry(),
+        dedup_index=CaughtUpIndex(),
+    )
 
 
 async def test_clients_of_an_unknown_tenant_are_refused_in_the_path() -> None:
