@@ -39,6 +39,7 @@ from projections.checkpoint import (
     wait_for_position,
 )
 from projections.errors import CheckpointMoved, ProjectionUnavailable
+from projections.retention import prune
 from projections.schema import check_schema_name, lock_key, migrate
 
 __all__ = ["Projector", "default_durable", "wait_for_position"]
@@ -56,6 +57,8 @@ CATCH_UP_ATTEMPTS = 5
 """Consecutive failures without progress after which :meth:`Projector.catch_up` gives up."""
 IDLE_MARK: Final = timedelta(seconds=5)
 """How often an idle projector records that it is still caught up with the log."""
+PRUNE_EVERY: Final = timedelta(minutes=1)
+"""How often the projector deletes rows past their retention (``projections.retention``)."""
 
 
 def default_durable(schema: str) -> str:
@@ -79,6 +82,7 @@ class _Session:
         self.applied = 0  # events applied in this session
         self.fetched_at: datetime | None = None  # when the last fetch was asked for
         self.marked_at: datetime | None = None  # the last caught-up time recorded
+        self.pruned_at: datetime | None = None  # when rows past retention were last deleted
 
     async def subscribe(self) -> Subscription:
         """Recreate the durable consumer at ``checkpoint + 1``."""
@@ -102,6 +106,22 @@ class _Session:
         subscription = self.subscription or await self.subscribe()
         self.fetched_at = self.projector.clock()
         return await subscription.fetch(self.projector.batch_size, timeout)
+
+    async def prune_when_due(self) -> None:
+        """Delete rows past their retention, at most every ``PRUNE_EVERY``."""
+        p = self.projector
+        now = p.clock()
+        if p.dedup_retention <= 0 or (
+            self.pruned_at is not None and now - self.pruned_at < PRUNE_EVERY
+        ):
+            return
+        self.pruned_at = now
+        try:
+            deleted = await prune(self.conn, p.schema, now=now, dedup_retention=p.dedup_retention)
+        except psycopg.OperationalError as exc:
+            raise ProjectionUnavailable(f"pruning {p.schema!r} failed: {exc}") from exc
+        if deleted:
+            log.info("projection_pruned", schema=p.schema, rows=deleted)
 
     async def idle(self) -> None:
         """A fetch came back empty: every event appended before it was asked for is at or below
@@ -224,9 +244,12 @@ class Projector:
         fetch_timeout: float = 1.0,
         opener: Opener | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        dedup_retention: float = 0.0,
     ) -> None:
         """``opener`` opens the personal fields events carry sealed (without it, they are
-        projected as erased); ``clock`` dates what the projector records of its own progress."""
+        projected as erased); ``clock`` dates what the projector records of its own progress
+        and decides what is past retention; ``dedup_retention``: seconds ``messages`` rows are
+        kept (0: forever)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.log = log
@@ -237,6 +260,7 @@ class Projector:
         self.fetch_timeout = fetch_timeout
         self.opener = opener
         self.clock = clock
+        self.dedup_retention = dedup_retention
 
     @asynccontextmanager
     async def _session(self, stop: asyncio.Event | None) -> AsyncIterator[_Session | None]:
@@ -294,6 +318,7 @@ class Projector:
                             await session.handle(deliveries)
                         else:
                             await session.idle()
+                        await session.prune_when_due()
                 return
             except (ProjectionUnavailable, EventLogUnavailable) as exc:
                 log.warning("projector_retrying", schema=self.schema, error=str(exc), delay=backoff)

@@ -40,6 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     subject_prefix: str = "relaypush"
     stream_replicas: int = 1
     duplicate_window: float = 300.0
+    dedup_retention: float = 30 * 86400.0
     database_schema: str = "relaypush"
     # relay and client authentication
     relay_public_key: str | None = None
@@ -55,7 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     credentials_old_keys: tuple[str, ...] = ()
     credentials_schema: str = "relaypush_credentials"
     fcm_token_hosts: tuple[str, ...] = ("oauth2.googleapis.com",)
-    api_workers: int = 1
+    api_workers: int | None = None
     metrics_port: int | None = None
     # delivery
     delivery_deadline: float = 86400.0

@@ -1,8 +1,9 @@
 """Wiring: the backing services, the event log and the long-running parts of relaypush.
 
 ``open_backends`` starts embedded NATS and PostgreSQL when no URL is configured, connects the
-event log and migrates the read tables; ``serve`` runs the API, the dispatcher and the projector
-in one process, and ``run_api`` / ``run_dispatcher`` / ``run_projector`` run each alone. Signals
+event log and migrates the read tables; ``serve`` runs everything on one machine (the API workers
+and the dispatcher in processes of their own, :mod:`relaypush.supervisor`), and ``run_api`` /
+``run_dispatcher`` / ``run_projector`` run each part alone. Signals
 set a stop event; each part finishes its in-flight work, then the embedded servers stop in order.
 """
 
@@ -28,6 +29,7 @@ import structlog
 import uvicorn
 
 from eventstore.jetstream import JetStreamEventLog
+from projections.dedup import open_dedup_index
 from projections.runner import Projector
 from projections.schema import migrate
 from relaypush.audit.chainer import Chainer
@@ -45,6 +47,7 @@ from relaypush.metrics import REGISTRY
 from relaypush.metrics_server import serve_metrics
 from relaypush.privacy import Sealer, open_sealer
 from relaypush.service import RelayService
+from relaypush.supervisor import Child, Supervisor
 from relaypush.tenancy.store import open_credential_store
 
 __all__ = ["Backends", "open_backends", "run_api", "run_dispatcher", "run_projector", "serve"]
@@ -109,8 +112,11 @@ def _embedded(settings: Settings, *, database: bool) -> Iterator[tuple[str, str 
 
 
 @contextlib.asynccontextmanager
-async def open_backends(settings: Settings, *, database: bool = True) -> AsyncIterator[Backends]:
-    """Connect (starting embedded servers where needed) and migrate; close everything on exit."""
+async def open_backends(
+    settings: Settings, *, database: bool = True, migrate_tables: bool = True
+) -> AsyncIterator[Backends]:
+    """Connect (starting embedded servers where needed) and, with ``migrate_tables``, migrate
+    the read tables (which needs PostgreSQL up); close everything on exit."""
     with _embedded(settings, database=database) as (nats_url, database_url):
         event_log = await JetStreamEventLog.connect(
             nats_url,
@@ -120,7 +126,7 @@ async def open_backends(settings: Settings, *, database: bool = True) -> AsyncIt
             replicas=settings.stream_replicas,
         )
         try:
-            if database_url is not None:
+            if database_url is not None and migrate_tables:
                 async with await psycopg.AsyncConnection.connect(database_url) as conn:
                     await migrate(conn, settings.database_schema)
             yield Backends(
@@ -217,16 +223,31 @@ async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False)
     """Serve the HTTP API. With ``api_workers`` > 1 this process also starts the other workers;
     all of them share the port (SO_REUSEPORT) and one memory of relay signatures."""
     settings = backends.settings
-    shared = worker or settings.api_workers > 1
+    workers_wanted = settings.api_workers or 1
+    shared = worker or workers_wanted > 1
     guard = (
         await backends.event_log.once("REPLAY", ttl=settings.signature_max_age * 2)
         if shared and settings.relay_public_key
         else None
     )
-    service = RelayService(
-        backends.event_log, enabled_providers=enabled_providers(settings), sealer=backends.sealer
-    )
-    async with open_credential_store(settings, backends.database_url) as credentials:
+    async with contextlib.AsyncExitStack() as resources:
+        index = (
+            await resources.enter_async_context(
+                open_dedup_index(backends.database_url, settings.database_schema)
+            )
+            if backends.database_url
+            else None
+        )
+        service = RelayService(
+            backends.event_log,
+            enabled_providers=enabled_providers(settings),
+            sealer=backends.sealer,
+            dedup_index=index,
+            duplicate_window=settings.duplicate_window,
+        )
+        credentials = await resources.enter_async_context(
+            open_credential_store(settings, backends.database_url)
+        )
         app = create_app(
             settings=settings,
             service=service,
@@ -243,9 +264,7 @@ async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False)
         )
         server = _Server(config)
         sock = _listen(settings.host, settings.port, reuse_port=shared)
-        workers = (
-            [] if worker else [_spawn_api_worker(backends) for _ in range(settings.api_workers - 1)]
-        )
+        workers = [] if worker else [_spawn_api_worker(backends) for _ in range(workers_wanted - 1)]
         try:
             task = asyncio.create_task(server.serve(sockets=[sock]))
             stopper = asyncio.create_task(stop.wait())
@@ -290,6 +309,7 @@ async def _projector(backends: Backends, stop: asyncio.Event) -> None:
         backends.database_url,
         schema=backends.settings.database_schema,
         opener=backends.sealer,
+        dedup_retention=backends.settings.dedup_retention,
     )
     await projector.run(stop)
 
@@ -306,6 +326,7 @@ async def _run(
     parts: tuple[Callable[[Backends, asyncio.Event], Coroutine[Any, Any, None]], ...],
     *,
     database: bool,
+    migrate_tables: bool = True,
     metrics: bool = False,
 ) -> None:
     """Run ``parts`` until a signal or the first failure; ``metrics`` serves ``/metrics`` on
@@ -313,7 +334,9 @@ async def _run(
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
-        backends = await stack.enter_async_context(open_backends(settings, database=database))
+        backends = await stack.enter_async_context(
+            open_backends(settings, database=database, migrate_tables=migrate_tables)
+        )
         if metrics and settings.metrics_port is not None:
             await stack.enter_async_context(
                 serve_metrics(REGISTRY, settings.host, settings.metrics_port)
@@ -328,15 +351,38 @@ async def _run(
     log.info("stopped")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+async def _children(backends: Backends, stop: asyncio.Event) -> None:
+    """``serve``'s API workers and dispatcher, in processes of their own, kept running."""
+    settings = backends.settings
+    env = dict(os.environ)
+    env["RELAYPUSH_NATS_URL"] = backends.nats_url
+    if backends.database_url:
+        env["RELAYPUSH_DATABASE_URL"] = backends.database_url
+    env["RELAYPUSH_API_WORKERS"] = str(settings.api_workers or usable_cores())
+    supervisor = Supervisor([Child("api", ["api"]), Child("dispatcher", ["dispatcher"])], env)
+    await supervisor.run(stop)
+
+
 async def serve(settings: Settings) -> None:
-    """API, dispatcher and projector in one process."""
-    await _run(settings, (_api, _dispatcher, _projector, _chainer), database=True)
+    """Everything on one machine: the embedded servers where no URL is set, the projector and
+    the audit chainer in this process, and the API workers (one per core unless
+    ``RELAYPUSH_API_WORKERS`` says otherwise) and the dispatcher in processes of their own."""
+    await _run(settings, (_children, _projector, _chainer), database=True)
 
 
 async def run_api(settings: Settings, *, worker: bool = False) -> None:
-    """The API alone; ``worker`` marks a process started by another API process."""
+    """The API alone; ``worker`` marks a process started by another API process. PostgreSQL
+    is not needed to start (the deduplication index is read when it is up)."""
     part = functools.partial(_api, worker=True) if worker else _api
-    await _run(settings, (part,), database=bool(settings.credentials_key))
+    await _run(settings, (part,), database=True, migrate_tables=False)
 
 
 async def run_dispatcher(settings: Settings) -> None:

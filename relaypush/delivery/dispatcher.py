@@ -120,6 +120,8 @@ async def _unless_stopped(
     if task.done():
         return task.result()
     task.cancel()
+    # whatever the cancelled fetch ends with (the log may close under it) is of no interest
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return []
 
 

@@ -12,17 +12,14 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import nats
 import psycopg
 import pytest
-import pytest_asyncio
 from psycopg import sql
 
-from eventstore import EventLog, JetStreamEventLog
+from eventstore import EventLog
 from projections import (
     Projector,
     apply_records,
@@ -54,6 +51,7 @@ from relaypush.domain.events import (
     encode_event,
 )
 from relaypush.domain.streams import subject_for
+from tests.integration.conftest import Env
 from tests.integration.eventlog_faults import LaggingLog, LossyLog, NoAckLog, ReplayingLog
 
 pytestmark = pytest.mark.integration
@@ -61,39 +59,6 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WAIT = 30.0
 E = TypeVar("E", bound=Event)
-
-
-@dataclass(frozen=True)
-class Env:
-    log: JetStreamEventLog
-    url: str
-    schema: str
-
-    def other(self, suffix: str) -> str:
-        return f"{self.schema}_{suffix}"
-
-
-@pytest_asyncio.fixture(name="env")
-async def fx_env(nats_url: str, database_url: str, unique_name: str) -> AsyncIterator[Env]:
-    """A fresh stream and prefix; every schema named after ``unique_name`` dropped at the end."""
-    stream = unique_name.upper()
-    log = await JetStreamEventLog.connect(nats_url, stream=stream, prefix=unique_name)
-    try:
-        yield Env(log, database_url, unique_name)
-    finally:
-        await log.close()
-        nc = await nats.connect(nats_url)
-        try:
-            await nc.jetstream().delete_stream(stream)
-        finally:
-            await nc.close()
-        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            cur = await conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE nspname = %s OR nspname LIKE %s",
-                (unique_name, unique_name + "\\_%"),
-            )
-            for (name,) in await cur.fetchall():
-                await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
 # -- building and appending events -------------------------------------------------------------
