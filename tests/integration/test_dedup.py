@@ -210,3 +210,18 @@ async def test_ids_past_retention_are_forgotten(env: Env, index: PostgresDedupIn
         await task
     await project(env)
     assert await relay.push(T, "w1", push_body("old"), request_id="r") == Accepted("old")
+
+
+async def test_concurrent_lookups_are_answered_each_for_its_own_notification(
+    env: Env, index: PostgresDedupIndex
+) -> None:
+    relay = service(env.log, index, Registry())
+    for client in ("a", "b"):
+        await relay.register(T, RegisterRequest(client, "noop", "tok", False), request_id="r")
+    for i in range(0, 300, 3):
+        await relay.push(T, "a", push_body(f"m{i}"), request_id="r")
+    await project(env)
+    keys = [(T, client, f"m{i}") for i in range(300) for client in ("a", "b")]
+    answers = await asyncio.gather(*(index.lookup(*key) for key in keys))
+    assert [a.accepted for a in answers] == [c == "a" and int(m[1:]) % 3 == 0 for _, c, m in keys]
+    assert {a.position for a in answers} == {await env.log.last_position()}
