@@ -42,10 +42,12 @@ REASONS: Final[Mapping[str, OutcomeKind]] = {
     "BadTopic": CredentialsInvalid,
     "MissingTopic": CredentialsInvalid,
     "BadCertificate": CredentialsInvalid,
-    "BadCertificateEnvironment": CredentialsInvalid,
     "Forbidden": CredentialsInvalid,
     "UnrelatedKeyIdInToken": CredentialsInvalid,
-    "BadEnvironmentKeyInToken": CredentialsInvalid,
+    # the client chose an environment (apns or apns-sandbox) these credentials do not serve:
+    # that client cannot be reached with them, the tenant's other clients can
+    "BadCertificateEnvironment": Rejected,
+    "BadEnvironmentKeyInToken": Rejected,
     # this message can never be sent
     "PayloadTooLarge": Rejected,
     "PayloadEmpty": Rejected,

@@ -89,6 +89,7 @@ class Action(enum.StrEnum):
     """
 
     TOKEN_INVALID = enum.auto()
+    TOKEN_FOREIGN = enum.auto()
     CREDENTIALS_INVALID = enum.auto()
     REFRESH = enum.auto()
     REJECTED = enum.auto()
@@ -99,7 +100,8 @@ class Action(enum.StrEnum):
 ERROR_CODES: Final[Mapping[str, Action]] = {
     "UNREGISTERED": Action.TOKEN_INVALID,
     "INVALID_ARGUMENT": Action.REJECTED,  # TOKEN_INVALID when it names the registration token
-    "SENDER_ID_MISMATCH": Action.CREDENTIALS_INVALID,
+    # the token belongs to another Firebase project: that client's, never the tenant's, problem
+    "SENDER_ID_MISMATCH": Action.TOKEN_FOREIGN,
     "THIRD_PARTY_AUTH_ERROR": Action.CREDENTIALS_INVALID,
     "APNS_AUTH_ERROR": Action.CREDENTIALS_INVALID,  # the older name of THIRD_PARTY_AUTH_ERROR
     "UNAUTHENTICATED": Action.REFRESH,
@@ -226,6 +228,8 @@ def interpret(
     match action:
         case Action.TOKEN_INVALID:
             return TokenInvalid(reason)
+        case Action.TOKEN_FOREIGN:
+            return TokenInvalid(reason, unregister_reason="token_foreign")
         case Action.CREDENTIALS_INVALID:
             return CredentialsInvalid(reason)
         case Action.REFRESH:

@@ -324,3 +324,34 @@ async def test_bad_credentials_suspend_the_tenant(stack: Stack) -> None:
         await asyncio.sleep(0.2)
     assert r.json()["errors"][0]["name"] == "tenant_suspended"
     assert len(stack.apns.requests) == 1
+
+
+async def test_no_client_can_darken_its_tenant(stack: Stack) -> None:
+    """A token of another Firebase project and a client whose chosen APNs environment the
+    credentials do not serve touch their own client only: the tenant is not suspended and its
+    other clients keep receiving."""
+    stack.fcm.device("foreign").error(403, "SENDER_ID_MISMATCH", message="SenderId mismatch")
+    wrong_environment = "b8" * 32
+    stack.sandbox.script(wrong_environment, reason(400, "BadCertificateEnvironment"))
+    await stack.register("foreign", "fcm", "foreign")
+    await stack.register("wrong-env", "apns-sandbox", wrong_environment)
+    await stack.register("fine-ios", "apns", "c9" * 32)
+    await stack.register("fine-android", "fcm", "fine")
+    payload = {"topic": "t", "flags": 1, "blob": "YQ=="}
+    for client in ("foreign", "wrong-env"):
+        assert (await stack.push(client, "m1", payload)).status_code == 202
+    await stack.wait_for(lambda ev: len(of(NotificationDeliveryFailed, ev)) == 2)
+    for client in ("fine-ios", "fine-android"):
+        r = await stack.push(client, "after", payload)
+        assert (r.status_code, r.json()) == (202, {"status": "OK"})
+    await stack.wait_for(lambda ev: len(of(NotificationDelivered, ev)) == 2)
+    events = await stack.events()
+    assert not any(type(e).__name__ == "TenantSuspended" for e in events)
+    failures = {f.client_id: f for f in of(NotificationDeliveryFailed, events)}
+    assert failures["foreign"].permanent
+    assert failures["foreign"].reason.startswith("token_foreign: SENDER_ID_MISMATCH")
+    assert failures["wrong-env"].permanent
+    assert "BadCertificateEnvironment" in failures["wrong-env"].reason
+    (unregistered,) = of(ClientUnregistered, events)
+    assert (unregistered.client_id, unregistered.reason) == ("foreign", "token_foreign")
+    assert {d.client_id for d in of(NotificationDelivered, events)} == {"fine-ios", "fine-android"}

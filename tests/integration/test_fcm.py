@@ -283,9 +283,9 @@ SCRIPTS: list[tuple[str, DeviceScript, Outcome]] = [
         Rejected("INVALID_ARGUMENT (400): Invalid 'message.android.ttl'"),
     ),
     (
-        "sender id mismatch",
+        "sender id mismatch: the token is another sender's, only its client is affected",
         DeviceScript().error(403, "SENDER_ID_MISMATCH", message="SenderId mismatch"),
-        CredentialsInvalid("SENDER_ID_MISMATCH (403): SenderId mismatch"),
+        TokenInvalid("SENDER_ID_MISMATCH (403): SenderId mismatch", "token_foreign"),
     ),
     (
         "third party auth",

@@ -25,7 +25,8 @@ CONTRACT: list[tuple[int, str, type[Outcome]]] = [
     (403, "MissingProviderToken", CredentialsInvalid),
     (400, "TopicDisallowed", CredentialsInvalid),
     (403, "BadCertificate", CredentialsInvalid),
-    (403, "BadCertificateEnvironment", CredentialsInvalid),
+    (403, "BadCertificateEnvironment", Rejected),  # the client's choice of environment
+    (403, "BadEnvironmentKeyInToken", Rejected),
     (413, "PayloadTooLarge", Rejected),
     (400, "BadMessageId", Rejected),
     (400, "BadPriority", Rejected),

@@ -101,11 +101,11 @@ CASES: list[tuple[str, int, bytes, dict[str, str], Outcome | RefreshToken]] = [
         Rejected("INVALID_ARGUMENT (400): Invalid value at 'message.data[0].value'"),
     ),
     (
-        "sender id mismatch beats the status",
+        "sender id mismatch beats the status: that client's token is another sender's",
         403,
         fcm_error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch"),
         {},
-        CredentialsInvalid("SENDER_ID_MISMATCH (403): SenderId mismatch"),
+        TokenInvalid("SENDER_ID_MISMATCH (403): SenderId mismatch", "token_foreign"),
     ),
     (
         "third party auth error beats the 401",
