@@ -66,6 +66,7 @@ def create_app(
         require_client_auth=settings.require_client_auth,
         verifier=verifier,
         replay_guard=replay_guard,
+        webpush_hosts=settings.webpush_hosts,
     )
     limiter = RateLimiter(settings.rate_limit_per_minute, trusted_proxies=settings.trusted_proxies)
     tenants = TenantsContext(
