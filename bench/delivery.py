@@ -1,7 +1,8 @@
-"""Benchmark: signed pushes end to end, API → JetStream → dispatcher → APNs and FCM stand-ins.
+"""Benchmark: signed pushes end to end, API → JetStream → dispatcher → APNs, FCM and Web Push
+stand-ins.
 
     .venv/bin/python -m bench.delivery [--requests 10000] [--concurrency 32] [--rate 0]
-        [--clients 200] [--fcm-share 0.5] [--api-workers 2] [--dispatchers 1]
+        [--clients 200] [--fcm-share 0.5] [--webpush-share 0.2] [--api-workers 2] [--dispatchers 1]
         [--dispatcher-concurrency 64] [--repeat 1] [--profile]
 
 Starts an embedded NATS JetStream, an APNs stand-in (token auth with a fresh ``.p8`` key) and an
@@ -35,7 +36,13 @@ through the project's own ``ApnsProvider`` and FCM through plain httpx HTTP/2 wi
 stand-in's OAuth token, each alone and both at once in the same split as the pushes. Results are
 printed and written as JSON to bench/results/.
 
-``python -m bench.delivery --stand-in apns|fcm ...`` is a stand-in process (the
+Web Push (``--webpush-share`` of the clients, the rest split by ``--fcm-share``) goes to the
+Web Push stand-in (VAPID checked, every message decrypted and counted by its blob), configured
+through ``RELAYPUSH_VAPID_*``, ``RELAYPUSH_WEBPUSH_HOSTS`` and ``RELAYPUSH_WEBPUSH_CA_FILE``; its
+ceiling step sends through the project's ``WebPushProvider``. Every ceiling step prints the
+client's CPU per send, so the three providers' client costs stand side by side.
+
+``python -m bench.delivery --stand-in apns|fcm|webpush ...`` is a stand-in process (the
 ``relaypush.testing`` stand-ins, counting what they receive); the benchmark starts them.
 """
 
@@ -82,6 +89,8 @@ from relaypush.delivery.apns import ApnsProvider
 from relaypush.delivery.fcm import FCM_SCOPE
 from relaypush.delivery.google_oauth import ServiceAccountTokens
 from relaypush.delivery.outcomes import Delivered, Target
+from relaypush.delivery.vapid import VapidKey
+from relaypush.delivery.webpush import WebPushProvider
 from relaypush.domain.events import (
     NotificationAccepted,
     NotificationDelivered,
@@ -95,10 +104,12 @@ from relaypush.logs import configure_logging
 from relaypush.testing.apns import ApnsStandIn
 from relaypush.testing.fcm import FcmStandIn
 from relaypush.testing.http2 import StandInRequest, StandInResponse
+from relaypush.testing.webpush import PushRecord, WebPushStandIn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPIC: Final = "com.example.bench"
 KEY_ID: Final = "BENCHKEY01"
+VAPID_SUBJECT: Final = "mailto:bench@example.com"
 TEAM_ID: Final = "BENCHTEAM1"
 DURABLE: Final = "dispatcher"  # the durable consumer every ``relaypush dispatcher`` shares
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -130,6 +141,15 @@ def _fcm_key(document: Any) -> str:
     return blob if isinstance(blob, str) else ""
 
 
+def _webpush_key(record: PushRecord) -> str:
+    """What identifies one notification sent to the Web Push stand-in: its decrypted blob."""
+    try:
+        blob = json.loads(record.message or b"{}").get("blob")
+    except ValueError:
+        return ""
+    return blob if isinstance(blob, str) else ""
+
+
 async def _serve_stand_in(args: argparse.Namespace) -> None:
     """One stand-in until SIGTERM; then its counts go to ``--summary`` as JSON."""
     stop = asyncio.Event()
@@ -146,6 +166,19 @@ async def _serve_stand_in(args: argparse.Namespace) -> None:
             print(f"url {apns.url}\nca_file {apns.ca_file}\nready", flush=True)
             await stop.wait()
         counts, statuses = apns.counts, apns.statuses
+    elif args.stand_in == "webpush":
+        push = WebPushStandIn()
+        async with push:
+            key = args.application_server_key
+            tokens = [
+                push.subscribe(application_server_key=key).token()
+                for _ in range(args.subscriptions)
+            ]
+            await asyncio.to_thread(Path(args.subscriptions_file).write_text, json.dumps(tokens))
+            print(f"url {push.url}\nca_file {push.ca_file}\nready", flush=True)
+            await stop.wait()
+        counts = Counter(_webpush_key(r) for r in push.records)
+        statuses = Counter(r.status for r in push.records)
     else:
         fcm = FcmStandIn()
         async with fcm:
@@ -388,17 +421,20 @@ class Ceiling:
 
     apns_per_s: float = 0.0
     fcm_per_s: float = 0.0
+    webpush_per_s: float = 0.0
     both_per_s: float = 0.0
     failures: int = 0
     #: per step, each process's CPU use as a share of one core
     cores: dict[str, dict[str, float]] = field(default_factory=dict)
     apns_keys: set[str] = field(default_factory=set)
     fcm_keys: set[str] = field(default_factory=set)
+    webpush_keys: set[str] = field(default_factory=set)
 
 
 async def measure_ceiling(
     settings: Settings,
     fcm_info: dict[str, Any],
+    subscriptions: Sequence[str],
     *,
     count: int,
     concurrency: int,
@@ -407,10 +443,13 @@ async def measure_ceiling(
     label: str,
     roles: dict[str, list[int]],
 ) -> Ceiling:
-    """APNs through ``ApnsProvider``, FCM through bare httpx HTTP/2, each alone, then both."""
+    """APNs through ``ApnsProvider``, FCM through bare httpx HTTP/2, Web Push through
+    ``WebPushProvider``, each alone, then APNs and FCM both."""
     result = Ceiling()
     apns = ApnsProvider.from_settings(settings, sandbox=False, timeout=settings.send_timeout)
     assert apns is not None
+    webpush = WebPushProvider.from_settings(settings, timeout=settings.send_timeout)
+    assert webpush is not None
     verify = ssl.create_default_context(cafile=str(settings.fcm_ca_file))
     credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
         fcm_info, scopes=[FCM_SCOPE], additional_claims={"aud": fcm_info["token_uri"]}
@@ -469,6 +508,25 @@ async def measure_ceiling(
 
         return send
 
+    def webpush_batch(tag: str, n: int) -> Callable[[int], Awaitable[bool]]:
+        batch = []
+        for i in range(n):
+            message_id = f"{label}-{tag}-{i}"
+            client = f"ceiling-{i % 100}"
+            notification = _notification("ceiling", client, message_id, encrypted=encrypted)
+            batch.append(notification)
+            assert notification.blob is not None
+            result.webpush_keys.add(notification.blob)
+
+        async def send(i: int) -> bool:
+            token = subscriptions[i % len(subscriptions)]
+            target = Target(
+                tenant_id="ceiling", client_id=batch[i].client_id, provider="webpush", token=token
+            )
+            return isinstance(await webpush.send(batch[i], target), Delivered)
+
+        return send
+
     async def timed(step: str, *runs: tuple[int, int, Callable[[int], Awaitable[bool]]]) -> float:
         cpu_before = cpu_by_role(roles)
         started = time.perf_counter()
@@ -483,10 +541,14 @@ async def measure_ceiling(
         # a short warm-up opens the connections and gets the JWT signed
         await timed("warm", (concurrency, concurrency, apns_batch("warm", concurrency)))
         await timed("warm", (concurrency, concurrency, fcm_batch("warm", concurrency)))
+        await timed("warm", (concurrency, concurrency, webpush_batch("warm", concurrency)))
         result.failures = 0
         del result.cores["warm"]
         result.apns_per_s = await timed("apns", (count, concurrency, apns_batch("apns", count)))
         result.fcm_per_s = await timed("fcm", (count, concurrency, fcm_batch("fcm", count)))
+        result.webpush_per_s = await timed(
+            "webpush", (count, concurrency, webpush_batch("webpush", count))
+        )
         n_fcm = round(count * fcm_share)
         c_fcm = max(1, round(concurrency * fcm_share)) if n_fcm else 0
         runs = []
@@ -498,6 +560,7 @@ async def measure_ceiling(
     finally:
         await apns.close()
         await fcm.aclose()
+        await webpush.close()
     return result
 
 
@@ -541,6 +604,7 @@ class Run:
     #: what the stand-ins know each accepted notification by, and whether the log says delivered
     apns_keys: dict[str, bool] = field(default_factory=dict)
     fcm_keys: dict[str, bool] = field(default_factory=dict)
+    webpush_keys: dict[str, bool] = field(default_factory=dict)
     standin_missing: int = 0
     standin_duplicates: int = 0
     standin_unrecorded: int = 0
@@ -612,6 +676,7 @@ class Bench:
     relay_key: Ed25519PrivateKey
     roles: dict[str, list[int]]
     tmp: Path
+    subscriptions: Sequence[str] = ()
     stamp: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
 
 
@@ -690,14 +755,19 @@ async def run_config(bench: Bench, config: Config, number: int) -> Run:
         await wait_consumer(js, stream, dispatchers)
         await asyncio.sleep(1.0)  # let every API worker and dispatcher finish starting
 
-        # clients: the first ones apns, the rest fcm
-        n_fcm = round(args.clients * args.fcm_share)
-        kinds = ["apns"] * (args.clients - n_fcm) + ["fcm"] * n_fcm
+        # clients: webpush's share, then the rest split between apns and fcm
+        n_web = round(args.clients * args.webpush_share)
+        n_fcm = round((args.clients - n_web) * args.fcm_share)
+        kinds = ["apns"] * (args.clients - n_web - n_fcm) + ["fcm"] * n_fcm + ["webpush"] * n_web
         clients = [f"c{number}-{i}" for i in range(args.clients)]
         async with httpx.AsyncClient(base_url=base) as http:
 
             async def register(i: int) -> bool:
-                token = os.urandom(32).hex() if kinds[i] == "apns" else f"fcm-{clients[i]}"
+                token = {
+                    "apns": os.urandom(32).hex(),
+                    "fcm": f"fcm-{clients[i]}",
+                    "webpush": bench.subscriptions[i % max(1, len(bench.subscriptions))],
+                }[kinds[i]]
                 body = {"client_id": clients[i], "type": kinds[i], "token": token}
                 response = await http.post("/clients", json=body)
                 response.raise_for_status()
@@ -777,10 +847,12 @@ async def run_config(bench: Bench, config: Config, number: int) -> Run:
     last = first_push
     for key, notification in accepted.items():
         outcomes = delivered.get(key, [])
-        if kind_of[notification.client_id] == "apns":
+        kind = kind_of[notification.client_id]
+        if kind == "apns":
             run.apns_keys[apns_id(notification.tenant_id, *key)] = bool(outcomes)
         else:  # the blob in the event may be sealed: the stand-in saw the one the push carried
-            run.fcm_keys[_blob(notification.message_id, encrypted=args.encrypted)] = bool(outcomes)
+            keys = run.fcm_keys if kind == "fcm" else run.webpush_keys
+            keys[_blob(notification.message_id, encrypted=args.encrypted)] = bool(outcomes)
         if not outcomes:
             run.lost += 1
             continue
@@ -796,13 +868,19 @@ async def run_config(bench: Bench, config: Config, number: int) -> Run:
     return run
 
 
-def check_stand_ins(runs: Sequence[Run], apns: dict[str, Any], fcm: dict[str, Any]) -> int:
+def check_stand_ins(
+    runs: Sequence[Run], apns: dict[str, Any], fcm: dict[str, Any], webpush: dict[str, Any]
+) -> int:
     """Fill in each run's stand-in checks: every notification delivered according to the log
     reached its stand-in exactly once, none of the others reached it at all. Returns how many
     requests the stand-ins received for no notification of any run (ceiling sends included)."""
     known: set[str] = set()
     for run in runs:
-        for keys, summary in ((run.apns_keys, apns), (run.fcm_keys, fcm)):
+        for keys, summary in (
+            (run.apns_keys, apns),
+            (run.fcm_keys, fcm),
+            (run.webpush_keys, webpush),
+        ):
             counts: dict[str, int] = summary["counts"]
             known |= keys.keys()
             for key, was_delivered in keys.items():
@@ -813,7 +891,7 @@ def check_stand_ins(runs: Sequence[Run], apns: dict[str, Any], fcm: dict[str, An
                 else:
                     run.standin_unrecorded += seen
     unknown = 0
-    for summary in (apns, fcm):
+    for summary in (apns, fcm, webpush):
         unknown += sum(n for key, n in summary["counts"].items() if key not in known)
     return unknown
 
@@ -833,7 +911,10 @@ def _parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=0.0, help="pace pushes at this many per second (0: no pace)"
     )
     parser.add_argument("--clients", type=int, default=200, help="clients, split apns / fcm")
-    parser.add_argument("--fcm-share", type=float, default=0.5, help="share of fcm clients")
+    parser.add_argument(
+        "--fcm-share", type=float, default=0.5, help="share of fcm among the non-webpush clients"
+    )
+    parser.add_argument("--webpush-share", type=float, default=0.2, help="share of webpush clients")
     parser.add_argument(
         "--encrypted",
         action="store_true",
@@ -855,7 +936,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true", help="py-spy the API and dispatcher")
     parser.add_argument("--profile-seconds", type=int, default=8)
     # the stand-in processes the benchmark starts
-    parser.add_argument("--stand-in", choices=["apns", "fcm"], help=argparse.SUPPRESS)
+    parser.add_argument("--stand-in", choices=["apns", "fcm", "webpush"], help=argparse.SUPPRESS)
+    parser.add_argument("--application-server-key", help=argparse.SUPPRESS)
+    parser.add_argument("--subscriptions", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--subscriptions-file", help=argparse.SUPPRESS)
     parser.add_argument("--summary", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--credentials-file", help=argparse.SUPPRESS)
@@ -883,10 +967,28 @@ async def main(args: argparse.Namespace) -> None:
             )
         )
         credentials_file = tmp / "fcm-service-account.json"
+        vapid = ec.generate_private_key(ec.SECP256R1())
+        vapid_file = tmp / "vapid.pem"
+        vapid_file.write_bytes(
+            vapid.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        subscriptions_file = tmp / "webpush-subscriptions.json"
         server = EmbeddedNats(tmp / "nats")
         server.start()
         apns = await start_stand_in("apns", tmp, "--key", f"{KEY_ID}:{TEAM_ID}:{key_file}")
         fcm = await start_stand_in("fcm", tmp, "--credentials-file", str(credentials_file))
+        push = await start_stand_in(
+            "webpush",
+            tmp,
+            "--application-server-key",
+            VapidKey(vapid, VAPID_SUBJECT).public_key,
+            "--subscriptions-file",
+            str(subscriptions_file),
+        )
         try:
             settings = Settings(
                 apns_topic=TOPIC,
@@ -899,9 +1001,14 @@ async def main(args: argparse.Namespace) -> None:
                 fcm_url=fcm.url,
                 fcm_ca_file=fcm.ca_file,
                 fcm_credentials_file=credentials_file,
+                vapid_private_key_file=vapid_file,
+                vapid_subject=VAPID_SUBJECT,
+                webpush_hosts=("127.0.0.1",),
+                webpush_ca_file=push.ca_file,
                 send_timeout=args.send_timeout,
             )
             fcm_info = json.loads(credentials_file.read_text())
+            subscriptions: list[str] = json.loads(subscriptions_file.read_text())
             ceiling_args = {
                 "count": args.ceiling_requests,
                 "concurrency": args.ceiling_concurrency,
@@ -913,15 +1020,22 @@ async def main(args: argparse.Namespace) -> None:
                 "nats-server": [server.pid],
                 "apns stand-in": [apns.proc.pid],
                 "fcm stand-in": [fcm.proc.pid],
+                "webpush stand-in": [push.proc.pid],
                 "load generator": [os.getpid()],
             }
             ceiling_roles = {
                 "client": [os.getpid()],
                 "apns stand-in": [apns.proc.pid],
                 "fcm stand-in": [fcm.proc.pid],
+                "webpush stand-in": [push.proc.pid],
             }
             before = await measure_ceiling(
-                settings, fcm_info, label="before", roles=ceiling_roles, **ceiling_args
+                settings,
+                fcm_info,
+                subscriptions,
+                label="before",
+                roles=ceiling_roles,
+                **ceiling_args,
             )
             base_env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("RELAYPUSH_")},
@@ -941,24 +1055,42 @@ async def main(args: argparse.Namespace) -> None:
                 "RELAYPUSH_FCM_URL": fcm.url,
                 "RELAYPUSH_FCM_CA_FILE": str(fcm.ca_file),
                 "RELAYPUSH_FCM_CREDENTIALS_FILE": str(credentials_file),
+                "RELAYPUSH_VAPID_PRIVATE_KEY_FILE": str(vapid_file),
+                "RELAYPUSH_VAPID_SUBJECT": VAPID_SUBJECT,
+                "RELAYPUSH_WEBPUSH_HOSTS": "127.0.0.1",
+                "RELAYPUSH_WEBPUSH_CA_FILE": str(push.ca_file),
             }
-            bench = Bench(args, server, base_env, relay_key, roles, tmp)
+            bench = Bench(args, server, base_env, relay_key, roles, tmp, subscriptions)
             schedule = [config for _ in range(args.repeat) for config in configs]
             for number, config in enumerate(schedule, 1):
                 print(f"running {config.label} ...", file=sys.stderr, flush=True)
                 runs.append(await run_config(bench, config, number))
             after = await measure_ceiling(
-                settings, fcm_info, label="after", roles=ceiling_roles, **ceiling_args
+                settings,
+                fcm_info,
+                subscriptions,
+                label="after",
+                roles=ceiling_roles,
+                **ceiling_args,
             )
         finally:
             apns_summary = apns.stop()
             fcm_summary = fcm.stop()
+            webpush_summary = push.stop()
             server.stop()
-    unknown = check_stand_ins(runs, apns_summary, fcm_summary)
+    unknown = check_stand_ins(runs, apns_summary, fcm_summary, webpush_summary)
     for ceiling in (before, after):
-        for keys, summary in ((ceiling.apns_keys, apns_summary), (ceiling.fcm_keys, fcm_summary)):
+        for keys, summary in (
+            (ceiling.apns_keys, apns_summary),
+            (ceiling.fcm_keys, fcm_summary),
+            (ceiling.webpush_keys, webpush_summary),
+        ):
             unknown -= sum(summary["counts"].get(k, 0) for k in keys)
-    report(args, runs, before, after, apns_summary, fcm_summary, unknown, bench.stamp)
+    summaries = {"apns": apns_summary, "fcm": fcm_summary, "webpush": webpush_summary}
+    report(args, runs, before, after, summaries, unknown, bench.stamp)
+
+
+_CEILING_FIELDS: Final = ("apns_per_s", "fcm_per_s", "webpush_per_s", "both_per_s")
 
 
 def report(
@@ -966,8 +1098,7 @@ def report(
     runs: Sequence[Run],
     before: Ceiling,
     after: Ceiling,
-    apns_summary: dict[str, Any],
-    fcm_summary: dict[str, Any],
+    summaries: dict[str, dict[str, Any]],
     unknown: int,
     stamp: str,
 ) -> None:
@@ -975,11 +1106,12 @@ def report(
     print(
         f"ceiling: bare clients in this process, {args.ceiling_concurrency} in flight, "
         f"{args.ceiling_requests} sends per step; before / after the end-to-end runs, and the "
-        "CPU (share of one core) of client, APNs stand-in and FCM stand-in before"
+        "CPU (share of one core) of client, APNs, FCM and Web Push stand-ins before"
     )
     steps = (
         ("apns", "APNs via ApnsProvider", before.apns_per_s, after.apns_per_s),
         ("fcm", "FCM via httpx HTTP/2", before.fcm_per_s, after.fcm_per_s),
+        ("webpush", "Web Push via provider", before.webpush_per_s, after.webpush_per_s),
         ("both", f"both ({args.fcm_share:.0%} FCM)", before.both_per_s, after.both_per_s),
     )
     for step, title, first, second in steps:
@@ -990,11 +1122,25 @@ def report(
             f"  {title:<22} {first:>8,.0f} /s {second:>8,.0f} /s   CPU {cores}, "
             f"{per_send:.2f} ms per send"
         )
+    client = {
+        step: before.cores.get(step, {}).get("client", 0.0) * 1000 / rate
+        for step, rate in (
+            ("apns", before.apns_per_s),
+            ("fcm", before.fcm_per_s),
+            ("webpush", before.webpush_per_s),
+        )
+        if rate
+    }
+    print(
+        "  client CPU per send (this process alone): "
+        + ", ".join(f"{step} {ms:.3f} ms" for step, ms in client.items())
+    )
     print(f"  failed sends: {before.failures + after.failures}")
     pace = f", paced at {args.rate:g}/s" if args.rate else ""
     print(
         f"\nend to end: {args.requests} signed pushes at concurrency {args.concurrency}{pace}, "
-        f"{args.clients} clients ({args.fcm_share:.0%} fcm). deliv/s: first push to last "
+        f"{args.clients} clients ({args.webpush_share:.0%} webpush, of the rest "
+        f"{args.fcm_share:.0%} fcm). deliv/s: first push to last "
         "delivered; drain/s: after the last push; latency: accepted → delivered"
     )
     head = (
@@ -1045,7 +1191,8 @@ def report(
                 f"dispatcher {m['cpu_ms_dispatcher']:.2f}, nats {m['cpu_ms_nats-server']:.2f})"
             )
     print(f"stand-in requests that no run or ceiling sent: {unknown}")
-    print(f"stand-in answers: apns {apns_summary['statuses']}, fcm {fcm_summary['statuses']}")
+    answers = ", ".join(f"{name} {summary['statuses']}" for name, summary in summaries.items())
+    print(f"stand-in answers: {answers}")
     ncpu = os.cpu_count() or 1
     print(
         f"\nCPU from the first push until all was delivered, in cores (the machine has {ncpu}); "
@@ -1079,16 +1226,19 @@ def report(
     document = {
         "options": {k: v for k, v in vars(args).items() if v is not None},
         "ceiling": {
-            "before": {k: getattr(before, k) for k in ("apns_per_s", "fcm_per_s", "both_per_s")},
-            "after": {k: getattr(after, k) for k in ("apns_per_s", "fcm_per_s", "both_per_s")},
+            "before": {k: getattr(before, k) for k in _CEILING_FIELDS},
+            "after": {k: getattr(after, k) for k in _CEILING_FIELDS},
+            "client_cpu_ms_per_send": client,
             "failures": before.failures + after.failures,
             "cpu_share_of_core": {"before": before.cores, "after": after.cores},
         },
         "runs": rows,
         "medians": medians,
         "stand_ins": {
-            "apns": {k: v for k, v in apns_summary.items() if k != "counts"},
-            "fcm": {k: v for k, v in fcm_summary.items() if k != "counts"},
+            **{
+                name: {k: v for k, v in summary.items() if k != "counts"}
+                for name, summary in summaries.items()
+            },
             "requests_nobody_sent": unknown,
         },
     }

@@ -42,7 +42,11 @@ EVENT_TYPES: frozenset[type[Event]] = frozenset(
 )
 """The events this read model takes."""
 
-_FINGERPRINT_COLUMN = {"apns": "apns_fingerprint", "fcm_v1": "fcm_fingerprint"}
+_FINGERPRINT_COLUMN = {
+    "apns": "apns_fingerprint",
+    "fcm_v1": "fcm_fingerprint",
+    "webpush": "webpush_fingerprint",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,25 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["DEFAULT_TENANT", "PREFIX", "ConfigError", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_TENANT",
+    "DEFAULT_WEBPUSH_HOSTS",
+    "PREFIX",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+]
 
 PREFIX = "RELAYPUSH_"
 TEST_PREFIX = "RELAYPUSH_TEST_"
 DEFAULT_TENANT = "0000-0000-0000-0000"
+#: The browser vendors' push services: the only hosts a Web Push subscription may point at.
+DEFAULT_WEBPUSH_HOSTS: tuple[str, ...] = (
+    "fcm.googleapis.com",
+    "updates.push.services.mozilla.com",
+    "*.notify.windows.com",
+    "web.push.apple.com",
+)
 
 
 class ConfigError(Exception):
@@ -74,6 +88,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     apns_ca_file: Path | None = None
     fcm_url: str = "https://fcm.googleapis.com"
     fcm_ca_file: Path | None = None
+    # Web Push (VAPID): the default tenant's key pair, and where subscriptions may point
+    vapid_private_key_file: Path | None = None
+    vapid_subject: str | None = None
+    webpush_hosts: tuple[str, ...] = DEFAULT_WEBPUSH_HOSTS
+    webpush_ca_file: Path | None = None
     # audit trail (relaypush.audit): hash chain checkpoints signed with an Ed25519 key
     audit_signing_key: str | None = None
     audit_public_key: str | None = None

@@ -40,6 +40,7 @@ from relaypush.delivery.fcm import FcmProvider
 from relaypush.delivery.noop import NoopProvider
 from relaypush.delivery.outcomes import Provider
 from relaypush.delivery.registry import ProviderRegistry
+from relaypush.delivery.webpush import WebPushProvider
 from relaypush.domain.events import ProviderType
 from relaypush.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from relaypush.http.app import create_app
@@ -147,18 +148,26 @@ def enabled_providers(settings: Settings) -> Callable[[str], frozenset[ProviderT
         enabled |= {"apns", "apns-sandbox"}
     if settings.fcm_credentials_file:
         enabled.add("fcm")
+    if settings.vapid_private_key_file:
+        enabled.add("webpush")
     frozen = frozenset(enabled)
     return lambda _tenant_id: frozen
 
 
 def build_providers(settings: Settings) -> dict[str, Provider]:
-    """The default tenant's providers: noop always, APNs and FCM when configured."""
+    """The default tenant's providers: noop always, APNs, FCM and Web Push when configured."""
     providers: dict[str, Provider] = {"noop": NoopProvider()}
     timeout = settings.send_timeout
     apns = ApnsProvider.from_settings(settings, sandbox=False, timeout=timeout)
     apns_sandbox = ApnsProvider.from_settings(settings, sandbox=True, timeout=timeout)
     fcm = FcmProvider.from_settings(settings, timeout=timeout)
-    for name, provider in (("apns", apns), ("apns-sandbox", apns_sandbox), ("fcm", fcm)):
+    webpush = WebPushProvider.from_settings(settings, timeout=timeout)
+    for name, provider in (
+        ("apns", apns),
+        ("apns-sandbox", apns_sandbox),
+        ("fcm", fcm),
+        ("webpush", webpush),
+    ):
         if provider is not None:
             providers[name] = provider
     return providers

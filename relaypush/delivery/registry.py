@@ -1,9 +1,10 @@
 """Which provider delivers for a tenant and client type: the dispatcher's one provider lookup.
 
 The default tenant uses the providers built from the settings (``RELAYPUSH_APNS_*``,
-``RELAYPUSH_FCM_*``). Any other tenant's providers are built on first use from its credentials:
-the tenant's events (read through :class:`~relaypush.aggregates.TenantStatuses`, at most a second
-old) name the fingerprint of its current APNs and FCM credentials, the credential store hands
+``RELAYPUSH_FCM_*``, ``RELAYPUSH_VAPID_*``). Any other tenant's providers are built on first use
+from its credentials: the tenant's events (read through
+:class:`~relaypush.aggregates.TenantStatuses`, at most a second old) name the fingerprint of its
+current APNs, FCM and VAPID credentials, the credential store hands
 back the unsealed credentials of that fingerprint, and the provider is cached under (tenant,
 client type) with its fingerprint. New credentials make a new provider; the old one is closed once
 the sends it may still be serving had time to finish. ``noop`` is the same for every tenant.
@@ -37,12 +38,15 @@ from relaypush.delivery.apns import ApnsProvider
 from relaypush.delivery.apns_auth import ApnsCertificate, ProviderToken
 from relaypush.delivery.fcm import FcmProvider
 from relaypush.delivery.outcomes import CredentialsInvalid, Outcome, Provider, Target
+from relaypush.delivery.vapid import VapidKey
+from relaypush.delivery.webpush import WebPushProvider
 from relaypush.domain.credentials import (
     ApnsCertificateFile,
     ApnsTokenKey,
     Credential,
     FcmServiceAccount,
 )
+from relaypush.domain.credentials import VapidKey as VapidCredential
 from relaypush.domain.events import CredentialKind, NotificationAccepted, ProviderType
 from relaypush.metrics import REGISTRY, Registry
 
@@ -61,6 +65,13 @@ log = structlog.get_logger(__name__)
 
 #: Seconds a replaced provider is kept open for the sends it may still be serving, per send timeout.
 RETIRE_AFTER_TIMEOUTS: Final = 3.0
+#: Which of a tenant's credentials serves each client type (``noop`` needs none).
+_KINDS: Final[Mapping[ProviderType, CredentialKind]] = {
+    "apns": "apns",
+    "apns-sandbox": "apns",
+    "fcm": "fcm_v1",
+    "webpush": "webpush",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,9 @@ class Endpoints:
     fcm_url: str = "https://fcm.googleapis.com"
     fcm_ca_file: Path | None = None
     fcm_token_hosts: tuple[str, ...] = ("oauth2.googleapis.com",)
+    webpush_hosts: tuple[str, ...] = ()
+    webpush_ca_file: Path | None = None
+    delivery_deadline: float = 86400.0
     timeout: float = 10.0
 
     @classmethod
@@ -125,6 +139,9 @@ class Endpoints:
             fcm_url=settings.fcm_url,
             fcm_ca_file=settings.fcm_ca_file,
             fcm_token_hosts=settings.fcm_token_hosts,
+            webpush_hosts=settings.webpush_hosts,
+            webpush_ca_file=settings.webpush_ca_file,
+            delivery_deadline=settings.delivery_deadline,
             timeout=settings.send_timeout,
         )
 
@@ -216,7 +233,7 @@ class ProviderRegistry:
             return Unavailable("tenant_deleted" if state.deleted else "tenant_unknown")
         if client_type == "noop":
             return self._static(client_type)
-        kind: CredentialKind = "fcm_v1" if client_type == "fcm" else "apns"
+        kind = _KINDS[client_type]
         fingerprint = state.fingerprint(kind)
         if fingerprint is None:
             return Unavailable("provider_not_configured")
@@ -311,6 +328,21 @@ class ProviderRegistry:
                     timeout=endpoints.timeout,
                     metrics=self._metrics,
                 )
+            case VapidCredential():
+                if client_type != "webpush":
+                    raise ValueError(f"a VAPID key cannot serve {client_type!r} clients")
+                key = VapidKey.from_pem(credential.private_key_pem.encode(), credential.subject)
+                try:
+                    return WebPushProvider(
+                        key,
+                        hosts=endpoints.webpush_hosts,
+                        verify=endpoints.webpush_ca_file,
+                        ttl=endpoints.delivery_deadline,
+                        timeout=endpoints.timeout,
+                        metrics=self._metrics,
+                    )
+                except OSError as exc:
+                    raise ValueError(f"cannot set up TLS for Web Push: {exc}") from exc
             case ApnsTokenKey() | ApnsCertificateFile():
                 if client_type not in ("apns", "apns-sandbox"):
                     raise ValueError(f"APNs credentials cannot serve {client_type!r} clients")

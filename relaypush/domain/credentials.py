@@ -1,10 +1,11 @@
 """A tenant's provider credentials as values: what is sealed at rest, and their fingerprints.
 
-Three shapes, each a tagged msgspec Struct so that one encoding covers them all:
+Four shapes, each a tagged msgspec Struct so that one encoding covers them all:
 
     ApnsTokenKey        APNs token authentication: a .p8 key (PKCS#8 PEM), key id, team id, topic
     ApnsCertificateFile APNs certificate authentication: a .p12 file, its password, topic
     FcmServiceAccount   FCM HTTP v1: a service-account JSON document and its project id
+    VapidKey            Web Push: a VAPID P-256 private key (PEM), its subject and public key
 
 These values hold secrets. They are never logged (``repr`` names the kind and fingerprint only)
 and never put in an event; :func:`encode_credential` is what gets encrypted and stored, and
@@ -25,6 +26,7 @@ __all__ = [
     "ApnsTokenKey",
     "Credential",
     "FcmServiceAccount",
+    "VapidKey",
     "apns_type_of",
     "decode_credential",
     "encode_credential",
@@ -68,7 +70,20 @@ class FcmServiceAccount(msgspec.Struct, frozen=True, kw_only=True, tag="fcm_v1")
         return f"FcmServiceAccount(project_id={self.project_id!r}, {fingerprint_of(self)})"
 
 
-Credential = ApnsTokenKey | ApnsCertificateFile | FcmServiceAccount
+class VapidKey(msgspec.Struct, frozen=True, kw_only=True, tag="webpush"):
+    """A VAPID key pair (RFC 8292): the private key as PKCS#8 PEM, the ``sub`` its tokens name
+    (a ``mailto:`` or ``https:`` URL), and the public key (base64url of the uncompressed point),
+    which is public: browsers subscribe with it."""
+
+    private_key_pem: str
+    subject: str
+    public_key: str
+
+    def __repr__(self) -> str:
+        return f"VapidKey(public_key={self.public_key!r}, {fingerprint_of(self)})"
+
+
+Credential = ApnsTokenKey | ApnsCertificateFile | FcmServiceAccount | VapidKey
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Credential] = msgspec.json.Decoder(Credential)
@@ -96,11 +111,17 @@ def fingerprint_of(credential: Credential) -> str:
 
 def kind_of(credential: Credential) -> CredentialKind:
     """Which credential slot of a tenant ``credential`` fills."""
-    return "fcm_v1" if isinstance(credential, FcmServiceAccount) else "apns"
+    match credential:
+        case FcmServiceAccount():
+            return "fcm_v1"
+        case VapidKey():
+            return "webpush"
+        case _:
+            return "apns"
 
 
 def apns_type_of(credential: Credential) -> ApnsType | None:
-    """``token`` or ``certificate`` for APNs credentials, None for FCM."""
+    """``token`` or ``certificate`` for APNs credentials, None for the others."""
     match credential:
         case ApnsTokenKey():
             return "token"

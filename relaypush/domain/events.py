@@ -43,12 +43,12 @@ __all__ = [
     "encode_event",
 ]
 
-ProviderType = Literal["apns", "apns-sandbox", "fcm", "noop"]
+ProviderType = Literal["apns", "apns-sandbox", "fcm", "noop", "webpush"]
 UnregisterReason = Literal[
     "requested", "token_invalid", "token_foreign", "superseded", "tenant_deleted", "erased"
 ]
 DropReason = Literal["client_not_registered", "tenant_suspended"]
-CredentialKind = Literal["apns", "fcm_v1"]
+CredentialKind = Literal["apns", "fcm_v1", "webpush"]
 ApnsType = Literal["token", "certificate"]
 
 
@@ -194,7 +194,9 @@ class TenantCredentialsChanged(Event, frozen=True, kw_only=True, tag="tenant.cre
 
     The optional fields carry what is public about the credential, so that the tenant's
     configuration can be read from its events alone: the APNs topic (the app's bundle id) and
-    whether APNs authenticates with a token key or a certificate, or the FCM project id.
+    whether APNs authenticates with a token key or a certificate, the FCM project id, or the
+    VAPID public key (base64url of the uncompressed P-256 point, as ``pushManager.subscribe``
+    takes it).
     """
 
     kind: CredentialKind
@@ -202,6 +204,7 @@ class TenantCredentialsChanged(Event, frozen=True, kw_only=True, tag="tenant.cre
     apns_topic: str | None = None
     apns_type: ApnsType | None = None
     fcm_project_id: str | None = None
+    vapid_public_key: str | None = None
 
 
 class TenantCredentialsRemoved(Event, frozen=True, kw_only=True, tag="tenant.credentials_removed"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ import msgspec
 from relaypush.domain.errors import FieldError, InvalidRequest
 from relaypush.domain.events import NotifyMessage, ProviderType
 from relaypush.domain.ids import id_problem
+from relaypush.domain.webpush import token_problems as webpush_token_problems
 
 __all__ = [
     "AUTH",
@@ -60,6 +62,7 @@ PROVIDER_TYPES: Final[dict[str, ProviderType]] = {
     "apns-sandbox": "apns-sandbox",
     "fcm": "fcm",
     "noop": "noop",
+    "webpush": "webpush",
 }
 
 _KNOWN_FLAGS: Final = (
@@ -166,6 +169,10 @@ def _uint(value: object, field: str, maximum: int, problems: list[FieldError]) -
     return None
 
 
+def _names(problems: list[FieldError], field: str) -> bool:
+    return any(p.field == field for p in problems)
+
+
 def _json_type(value: object) -> str:
     match value:
         case bool():
@@ -189,10 +196,12 @@ def _excerpt(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def parse_register(body: bytes) -> RegisterRequest:
+def parse_register(body: bytes, *, webpush_hosts: Iterable[str] = ()) -> RegisterRequest:
     """Decode a ``POST /clients`` body: ``{"client_id", "type", "token", "always_raw"?}``.
 
-    Raises ``InvalidRequest`` with one ``FieldError`` per bad field.
+    A ``webpush`` token must be a subscription whose endpoint is on ``webpush_hosts``
+    (:mod:`relaypush.domain.webpush`). Raises ``InvalidRequest`` with one ``FieldError`` per
+    bad field.
     """
     obj = _decode_object(body)
     problems: list[FieldError] = []
@@ -228,6 +237,9 @@ def parse_register(body: bytes) -> RegisterRequest:
         always_raw = False
     elif not isinstance(always_raw, bool):
         problems.append(FieldError("always_raw", "must be a boolean"))
+
+    if provider == "webpush" and token is not None and not _names(problems, "token"):
+        problems += webpush_token_problems(token, hosts=webpush_hosts)
 
     if problems:
         raise InvalidRequest(fields=problems)

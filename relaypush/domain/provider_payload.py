@@ -14,7 +14,14 @@ FCM HTTP v1 (``data`` values are all strings; cleartext adds ``notification``)::
                  "android": {"priority": "HIGH"},
                  "apns": {"payload": {"aps": {"content-available": 1}}}}}
 
-Both providers refuse payloads over 4096 bytes; :func:`check_payload_size` refuses them at
+Web Push (what the browser's service worker receives once the record is decrypted): the FCM
+``data`` object, plus ``title``, ``body`` and, when present, ``icon``, ``url`` and ``type`` for a
+cleartext Notify push::
+
+    {"topic": T, "flags": "16", "blob": B, "title": "Hi", "body": "Hello"}
+
+Every provider refuses payloads over 4096 bytes (for Web Push: the aes128gcm body, which adds
+:data:`WEBPUSH_RECORD_OVERHEAD` bytes to the message); :func:`check_payload_size` refuses them at
 acceptance time instead, so the relay learns of it (400) rather than the message failing later.
 """
 
@@ -32,14 +39,19 @@ __all__ = [
     "APNS_ID_NAMESPACE",
     "ENCRYPTED_ALERT_TITLE",
     "MAX_PROVIDER_PAYLOAD",
+    "WEBPUSH_RECORD_OVERHEAD",
     "apns_body",
     "apns_id",
     "check_payload_size",
     "fcm_data_size",
     "fcm_message",
+    "webpush_message",
 ]
 
 MAX_PROVIDER_PAYLOAD: Final = 4096
+#: Bytes an aes128gcm body adds to a Web Push message: the header (16-byte salt, 4-byte record
+#: size, 1-byte key id length, 65-byte key id), the padding delimiter and the 16-byte tag.
+WEBPUSH_RECORD_OVERHEAD: Final = 16 + 4 + 1 + 65 + 1 + 16
 ENCRYPTED_ALERT_TITLE: Final = "You have new notifications. Open to view"
 #: Namespace of the uuid5 ``apns-id``s; fixed forever, so retries carry the same id.
 APNS_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://relaypush.invalid/apns-id")
@@ -90,14 +102,16 @@ def _blob(n: NotificationAccepted) -> str:
     return n.blob
 
 
+def _data(n: NotificationAccepted) -> dict[str, str]:
+    """FCM's ``data`` object: every value a string."""
+    if n.raw is not None:
+        return {"topic": n.raw.topic, "tag": str(n.raw.tag), "message": n.raw.message}
+    return {"topic": n.topic, "flags": str(n.flags), "blob": _blob(n)}
+
+
 def _fcm_fields(n: NotificationAccepted) -> dict[str, object]:
     """The FCM ``message`` object without its ``token``."""
-    data: dict[str, str]
-    if n.raw is not None:
-        data = {"topic": n.raw.topic, "tag": str(n.raw.tag), "message": n.raw.message}
-    else:
-        data = {"topic": n.topic, "flags": str(n.flags), "blob": _blob(n)}
-    fields: dict[str, object] = {"data": data, "android": _FCM_ANDROID, "apns": _FCM_APNS}
+    fields: dict[str, object] = {"data": _data(n), "android": _FCM_ANDROID, "apns": _FCM_APNS}
     if n.raw is None and n.notify is not None and not n.encrypted:
         fields["notification"] = {"title": n.notify.title, "body": n.notify.body}
     return fields
@@ -113,14 +127,32 @@ def fcm_data_size(n: NotificationAccepted) -> int:
     return len(_encode(_fcm_fields(n)))
 
 
+def webpush_message(n: NotificationAccepted) -> bytes:
+    """The JSON a Web Push client's service worker receives for ``n`` (before encryption)."""
+    message: dict[str, str] = _data(n)
+    notify = n.notify
+    if n.raw is None and notify is not None and not n.encrypted:
+        message["title"], message["body"] = notify.title, notify.body
+        for name, value in (("icon", notify.icon), ("url", notify.url), ("type", notify.type)):
+            if value is not None:
+                message[name] = value
+    return _encode(message)
+
+
 def check_payload_size(n: NotificationAccepted, provider: ProviderType) -> None:
     """Refuse ``n`` when the body ``provider`` would receive exceeds 4096 bytes.
 
-    APNs (and noop) measure the APNs body; FCM measures the message without the device token.
+    APNs (and noop) measure the APNs body; FCM measures the message without the device token;
+    Web Push measures the encrypted record (the message and :data:`WEBPUSH_RECORD_OVERHEAD`).
     Raises ``InvalidRequest`` with error ``payload_too_large`` and a field naming the payload
     (``payload`` for legacy pushes, ``message`` for raw ones).
     """
-    size = fcm_data_size(n) if provider == "fcm" else len(apns_body(n))
+    if provider == "fcm":
+        size = fcm_data_size(n)
+    elif provider == "webpush":
+        size = len(webpush_message(n)) + WEBPUSH_RECORD_OVERHEAD
+    else:
+        size = len(apns_body(n))
     if size <= MAX_PROVIDER_PAYLOAD:
         return
     what = f"the {provider} payload would be {size} bytes, over the limit of "

@@ -3,8 +3,8 @@
 Everything that happens to a tenant is an event on its ``(tenant, "tenant")`` subject::
 
     tenant.created               exists, with no credentials (again, after a deletion)
-    tenant.credentials_changed   APNs or FCM credentials set: a fingerprint, never the secret
-    tenant.credentials_removed   APNs or FCM credentials gone
+    tenant.credentials_changed   APNs, FCM or VAPID credentials set: a fingerprint, never the secret
+    tenant.credentials_removed   APNs, FCM or VAPID credentials gone
     tenant.suspended             a provider refused the credentials: nothing is delivered
     tenant.unsuspended           a credential change lifted the suspension
     tenant.deleted               gone: its clients and pushes are refused as an unknown tenant
@@ -50,6 +50,7 @@ __all__ = [
     "TenantEvent",
     "TenantNotFound",
     "TenantState",
+    "WebPushConfig",
     "configured_providers",
     "decide_create",
     "decide_credentials",
@@ -77,7 +78,7 @@ TENANT_EVENT_TYPES: Final = (
     TenantUnsuspended,
     TenantDeleted,
 )
-CREDENTIAL_KINDS: Final[tuple[CredentialKind, ...]] = ("apns", "fcm_v1")
+CREDENTIAL_KINDS: Final[tuple[CredentialKind, ...]] = ("apns", "fcm_v1", "webpush")
 
 #: Ids that would make a tenant's client routes collide with the server's own top-level routes.
 RESERVED_TENANT_IDS: Final = frozenset({"tenants", "clients", "health", "metrics", "schema"})
@@ -115,6 +116,14 @@ class FcmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebPushConfig:
+    """What is public about a tenant's VAPID key pair: its public key."""
+
+    fingerprint: str
+    public_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TenantState:
     """A tenant as its events leave it; ``version`` is the position of its last event (0: none).
 
@@ -128,12 +137,20 @@ class TenantState:
     suspended_reason: str | None = None
     apns: ApnsConfig | None = None
     fcm: FcmConfig | None = None
+    webpush: WebPushConfig | None = None
     epoch: int = 0
     version: int = 0
 
     def fingerprint(self, kind: CredentialKind) -> str | None:
         """The fingerprint of the tenant's credential of ``kind``, None when there is none."""
-        config = self.apns if kind == "apns" else self.fcm
+        config: ApnsConfig | FcmConfig | WebPushConfig | None
+        match kind:
+            case "apns":
+                config = self.apns
+            case "fcm_v1":
+                config = self.fcm
+            case "webpush":
+                config = self.webpush
         return config.fingerprint if config is not None else None
 
 
@@ -146,6 +163,7 @@ class CredentialChange:
     apns_topic: str | None = None
     apns_type: ApnsType | None = None
     fcm_project_id: str | None = None
+    vapid_public_key: str | None = None
 
 
 def evolve(state: TenantState, event: TenantEvent, *, position: int) -> TenantState:
@@ -159,11 +177,16 @@ def evolve(state: TenantState, event: TenantEvent, *, position: int) -> TenantSt
             if event.kind == "apns":
                 apns = ApnsConfig(event.fingerprint, event.apns_topic, event.apns_type)
                 return replace(state, apns=apns, version=position)
+            if event.kind == "webpush":
+                webpush = WebPushConfig(event.fingerprint, event.vapid_public_key)
+                return replace(state, webpush=webpush, version=position)
             fcm = FcmConfig(event.fingerprint, event.fcm_project_id)
             return replace(state, fcm=fcm, version=position)
         case TenantCredentialsRemoved():
             if event.kind == "apns":
                 return replace(state, apns=None, version=position)
+            if event.kind == "webpush":
+                return replace(state, webpush=None, version=position)
             return replace(state, fcm=None, version=position)
         case TenantSuspended():
             return replace(state, suspended=True, suspended_reason=event.reason, version=position)
@@ -203,6 +226,8 @@ def configured_providers(state: TenantState) -> tuple[ProviderType, ...]:
         enabled += ["apns", "apns-sandbox"]
     if state.fcm is not None:
         enabled.append("fcm")
+    if state.webpush is not None:
+        enabled.append("webpush")
     return tuple(enabled)
 
 
@@ -258,6 +283,7 @@ def decide_credentials(
         apns_topic=change.apns_topic,
         apns_type=change.apns_type,
         fcm_project_id=change.fcm_project_id,
+        vapid_public_key=change.vapid_public_key,
     )
     if not state.suspended:
         return (changed,)

@@ -2,7 +2,8 @@
 
 The app wires the routes (:mod:`relaypush.http.relay`, :mod:`relaypush.http.tenants`,
 :mod:`relaypush.http.operations`), the one exception-to-envelope map (:mod:`relaypush.http.errors`),
-the body size limit, the per-address rate limit, OpenAPI at ``/schema`` and, around everything,
+the Web Push demo page (:mod:`relaypush.http.demo`), the body size limit, the per-address rate
+limit, OpenAPI at ``/schema`` and, around everything,
 CORS for the tenant routes (:mod:`relaypush.http.cors`) and the request log and metrics
 (:mod:`relaypush.http.observe`).
 """
@@ -22,6 +23,7 @@ from relaypush.config import Settings
 from relaypush.http.admin import admin_route_handlers
 from relaypush.http.auth import TenantAuthorizer
 from relaypush.http.cors import TenantCors
+from relaypush.http.demo import demo_route_handlers
 from relaypush.http.errors import EXCEPTION_HANDLERS
 from relaypush.http.observe import RequestObserver
 from relaypush.http.operations import operations_route_handlers, package_version
@@ -66,8 +68,10 @@ def create_app(
         require_client_auth=settings.require_client_auth,
         verifier=verifier,
         replay_guard=replay_guard,
+        webpush_hosts=settings.webpush_hosts,
     )
     limiter = RateLimiter(settings.rate_limit_per_minute, trusted_proxies=settings.trusted_proxies)
+    default_tenant = DefaultTenant.from_settings(settings)
     tenants = TenantsContext(
         service=TenantService(
             service.log,
@@ -80,7 +84,7 @@ def create_app(
                 metrics=metrics,
             ),
             base_url=settings.base_url,
-            default=DefaultTenant.from_settings(settings),
+            default=default_tenant,
         ),
         auth=TenantAuthorizer(
             admin_token=settings.admin_token, jwt_secret=settings.tenant_jwt_secret
@@ -91,6 +95,7 @@ def create_app(
             *operations_route_handlers(registry=metrics, ready=ready),
             *relay_route_handlers(rate_limit=limiter.guard),
             *tenant_route_handlers(rate_limit=limiter.guard),
+            *demo_route_handlers(vapid_public_key=default_tenant.vapid_public_key),
             *(
                 admin_route_handlers(
                     event_log=event_log, admin_token=settings.admin_token, service=service

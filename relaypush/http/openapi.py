@@ -34,10 +34,14 @@ REGISTER_SCHEMA: Final = Schema(
         ),
         "type": Schema(
             type=OpenAPIType.STRING,
-            enum=["apns", "apns-sandbox", "fcm", "noop"],
+            enum=["apns", "apns-sandbox", "fcm", "noop", "webpush"],
             description="Push provider, matched case-insensitively",
         ),
-        "token": Schema(type=OpenAPIType.STRING, description="The device token"),
+        "token": Schema(
+            type=OpenAPIType.STRING,
+            description="The device token; for `webpush`, the browser's PushSubscription as "
+            "JSON text (at most 2048 bytes)",
+        ),
         "always_raw": Schema(
             type=OpenAPIType.BOOLEAN, description="Pushes to this client are raw bodies"
         ),

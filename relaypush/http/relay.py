@@ -67,6 +67,8 @@ class RelayContext:
     verifier: RelaySignatureVerifier | None
     #: shared by all API processes; None when one process's own memory of signatures suffices
     replay_guard: Once | None = None
+    #: the hosts a ``webpush`` client's subscription may point at (``RELAYPUSH_WEBPUSH_HOSTS``)
+    webpush_hosts: tuple[str, ...] = ()
 
 
 def _json(status: int, body: bytes = OK_BODY) -> Response[bytes]:
@@ -113,7 +115,7 @@ async def register_client(
     if token is not None:
         verify_client_jwt(token, client_id=_claimed_client_id(body), audience=relay.audience)
     tenant_id = _tenant_of(request)
-    registration = parse_register(body)
+    registration = parse_register(body, webpush_hosts=relay.webpush_hosts)
     await relay.service.register(tenant_id, registration, request_id=request_id_of(request.scope))
     return _json(200)
 

@@ -6,7 +6,8 @@
     POST   /tenants/{id}/apns        multipart          200 {"success": true} / 400
     POST   /tenants/{id}/fcm_v1      multipart          200 {"success": true} / 400
     POST   /tenants/{id}/fcm         legacy server key  410
-    DELETE /tenants/{id}/apns, /fcm_v1                  204
+    POST   /tenants/{id}/webpush     multipart          200 {"success": true} / 400
+    DELETE /tenants/{id}/apns, /fcm_v1, /webpush        204
     GET    /tenants                  admin only         200 {"tenants": [ids]}
 
 Checks run in the contract's order: authentication (401: a tenant JWT for this tenant or the
@@ -79,6 +80,7 @@ class TenantBody(msgspec.Struct, frozen=True, kw_only=True):
     apns_type: str | None
     suspended: bool
     suspended_reason: str | None
+    vapid_public_key: str | None
 
 
 class SuccessBody(msgspec.Struct, frozen=True):
@@ -188,6 +190,7 @@ async def get_tenant(
         apns_type=view.apns_type,
         suspended=view.suspended,
         suspended_reason=view.suspended_reason,
+        vapid_public_key=view.vapid_public_key,
     )
     return _json(200, msgspec.json.encode(body))
 
@@ -221,6 +224,21 @@ async def set_fcm_v1(
     return _json(200, _SUCCESS)
 
 
+async def set_webpush(
+    request: AnyRequest, tenants: NamedDependency[TenantsContext]
+) -> Response[bytes]:
+    """Set a tenant's VAPID key pair for Web Push (checked before it is stored)."""
+    tenant_id = _authorized_id(request, tenants)
+    parts = await _parts(request)
+    await tenants.service.set_webpush(
+        tenant_id,
+        parts.get("vapid_private_key"),
+        parts.get("subject"),
+        request_id=request_id_of(request.scope),
+    )
+    return _json(200, _SUCCESS)
+
+
 async def set_legacy_fcm(
     request: AnyRequest, tenants: NamedDependency[TenantsContext]
 ) -> Response[bytes]:
@@ -242,6 +260,11 @@ async def remove_apns(request: AnyRequest, tenants: NamedDependency[TenantsConte
 async def remove_fcm_v1(request: AnyRequest, tenants: NamedDependency[TenantsContext]) -> None:
     """Remove a tenant's FCM service account (204)."""
     await _remove(request, tenants, "fcm_v1")
+
+
+async def remove_webpush(request: AnyRequest, tenants: NamedDependency[TenantsContext]) -> None:
+    """Remove a tenant's VAPID key pair (204)."""
+    await _remove(request, tenants, "webpush")
 
 
 async def list_tenants(
@@ -291,8 +314,8 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             one,
             name="get_tenant",
             summary="A tenant",
-            description="Its URL, enabled providers, APNs topic and type, and suspension."
-            + auth_note,
+            description="Its URL, enabled providers, APNs topic and type, suspension, and the "
+            "VAPID public key browsers subscribe with (`pushManager.subscribe`)." + auth_note,
             guards=[rate_limit],
             tags=["tenants"],
             responses={**common, 404: missing},
@@ -335,6 +358,19 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             responses={**common, 404: missing},
         )(set_fcm_v1),
         post(
+            one + "/webpush",
+            name="set_webpush",
+            request_max_body_size=MAX_UPLOAD_SIZE,
+            summary="Set the VAPID key pair for Web Push",
+            description="Multipart: `vapid_private_key` (a PEM P-256 private key) and `subject` "
+            "(a `mailto:` or `https:` URL). Checked before it is stored; lifts a suspension."
+            + auth_note,
+            status_code=200,
+            guards=[rate_limit],
+            tags=["tenants"],
+            responses={**common, 404: missing},
+        )(set_webpush),
+        post(
             one + "/fcm",
             name="set_legacy_fcm",
             summary="Legacy FCM server key (gone)",
@@ -364,4 +400,14 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             tags=["tenants"],
             responses={**common, 404: missing},
         )(remove_fcm_v1),
+        delete(
+            one + "/webpush",
+            name="remove_webpush",
+            summary="Remove the VAPID key pair",
+            description="204 whether or not there was one." + auth_note,
+            status_code=204,
+            guards=[rate_limit],
+            tags=["tenants"],
+            responses={**common, 404: missing},
+        )(remove_webpush),
     ]

@@ -13,6 +13,10 @@ FCM (``POST /tenants/{id}/fcm_v1``) takes ``credentials``, a service-account JSO
 ``token_uri`` is https on an allowed host (``RELAYPUSH_FCM_TOKEN_HOSTS``); it must obtain an
 access token there for the FCM scope.
 
+Web Push (``POST /tenants/{id}/webpush``) takes ``vapid_private_key``, a PEM P-256 private key
+(PKCS#8 ``PRIVATE KEY`` or SEC 1 ``EC PRIVATE KEY``), and ``subject``, a ``mailto:`` or ``https:``
+URL; the key must sign a VAPID token.
+
 Checks are split in two: :meth:`CredentialChecker.shape_apns` and :meth:`shape_fcm` look at the
 fields alone (what is missing or malformed, all reported at once); :meth:`check_apns` and
 :meth:`check_fcm` then prove the credentials work, which for FCM means a request to the token
@@ -42,13 +46,16 @@ from relaypush.delivery.fcm import FCM_SCOPE
 from relaypush.delivery.google_oauth import ServiceAccountTokens, TokenUnavailable
 from relaypush.delivery.outcomes import Retry
 from relaypush.delivery.registry import token_host_allowed
+from relaypush.delivery.vapid import VapidKey, check_subject
 from relaypush.domain.credentials import ApnsCertificateFile, ApnsTokenKey, FcmServiceAccount
+from relaypush.domain.credentials import VapidKey as VapidCredential
 from relaypush.domain.errors import FieldError, InvalidRequest
 from relaypush.metrics import REGISTRY, Registry
 
 __all__ = [
     "APNS_FIELDS",
     "FCM_FIELD",
+    "VAPID_FIELDS",
     "ApnsForm",
     "CredentialChecker",
 ]
@@ -62,6 +69,7 @@ APNS_FIELDS: Final = (
     "apns_team_id",
 )
 FCM_FIELD: Final = "credentials"
+VAPID_FIELDS: Final = ("vapid_private_key", "subject")
 
 _TOPIC: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _APPLE_ID: Final = re.compile(r"[A-Z0-9]{10}")
@@ -368,6 +376,55 @@ class CredentialChecker:
             tokens.close()
         document_text = json.dumps(info, sort_keys=True, separators=(",", ":"))
         return FcmServiceAccount(project_id=str(info["project_id"]), document=document_text)
+
+    # Web Push
+
+    @staticmethod
+    def shape_webpush(private_key: str | bytes | None, subject: str | bytes | None) -> None:
+        """Raise ``InvalidRequest`` naming every missing or malformed field."""
+        errors: list[FieldError] = []
+        key_text = _text(private_key)
+        if key_text is None:
+            errors.append(
+                FieldError("vapid_private_key", "is required: the VAPID key pair's PEM private key")
+            )
+        elif len(key_text) > _MAX_KEY or "PRIVATE KEY" not in key_text:
+            errors.append(FieldError("vapid_private_key", _NOT_VAPID_KEY))
+        subject_text = _text(subject)
+        if subject_text is None:
+            errors.append(FieldError("subject", "is required: a mailto: or https: URL"))
+        else:
+            try:
+                check_subject(subject_text)
+            except ValueError as exc:
+                errors.append(FieldError("subject", str(exc)))
+        if errors:
+            raise _refuse(errors)
+
+    def check_webpush(
+        self, private_key: str | bytes | None, subject: str | bytes | None
+    ) -> VapidCredential:
+        """The VAPID key pair, once it signed a token; ``InvalidRequest`` if not."""
+        self.shape_webpush(private_key, subject)
+        key_text, subject_text = _text(private_key), _text(subject)
+        assert key_text is not None
+        assert subject_text is not None
+        try:
+            key = VapidKey.from_pem(key_text.encode() + b"\n", subject_text, clock=self._clock)
+            key.authorization("https://push.example")  # signs a VAPID token, as every send will
+        except ValueError as exc:
+            raise _refuse(
+                [FieldError("vapid_private_key", f"{_NOT_VAPID_KEY} ({_reason(exc)})")]
+            ) from None
+        return VapidCredential(
+            private_key_pem=key.private_pem(), subject=subject_text, public_key=key.public_key
+        )
+
+
+_NOT_VAPID_KEY: Final = (
+    "not a VAPID key: expected a PEM private key ('PRIVATE KEY' or 'EC PRIVATE KEY') of a P-256 "
+    "key pair (openssl ecparam -name prime256v1 -genkey -noout)"
+)
 
 
 def _fcm_field(description: str) -> FieldError:

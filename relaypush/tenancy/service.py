@@ -24,7 +24,14 @@ from typing import Final, Protocol
 from eventstore import ANY, EventLog, WrongExpectedVersion
 from relaypush.aggregates import TenantStatuses
 from relaypush.config import DEFAULT_TENANT, Settings
-from relaypush.domain.credentials import Credential, apns_type_of, fingerprint_of, kind_of
+from relaypush.delivery.vapid import key_from_settings
+from relaypush.domain.credentials import (
+    Credential,
+    VapidKey,
+    apns_type_of,
+    fingerprint_of,
+    kind_of,
+)
 from relaypush.domain.errors import FieldError, InvalidRequest
 from relaypush.domain.events import (
     ApnsType,
@@ -89,9 +96,11 @@ class DefaultTenant:
     providers: tuple[ProviderType, ...] = ()
     apns_topic: str | None = None
     apns_type: ApnsType | None = None
+    vapid_public_key: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DefaultTenant:
+        """What the settings configure; ``ConfigError`` for a VAPID key that cannot be used."""
         providers: list[ProviderType] = []
         apns_type: ApnsType | None = None
         if settings.apns_topic and (settings.apns_key_file or settings.apns_cert_file):
@@ -99,10 +108,14 @@ class DefaultTenant:
             apns_type = "token" if settings.apns_key_file else "certificate"
         if settings.fcm_credentials_file:
             providers.append("fcm")
+        vapid = key_from_settings(settings)
+        if vapid is not None:
+            providers.append("webpush")
         return cls(
             providers=tuple(providers),
             apns_topic=settings.apns_topic if apns_type else None,
             apns_type=apns_type,
+            vapid_public_key=vapid.public_key if vapid is not None else None,
         )
 
 
@@ -116,6 +129,7 @@ class TenantView:
     apns_type: ApnsType | None
     suspended: bool
     suspended_reason: str | None
+    vapid_public_key: str | None = None
 
 
 def _utc_now() -> datetime:
@@ -132,7 +146,7 @@ def _not_for_default(what: str) -> InvalidRequest:
             FieldError(
                 "id",
                 f"the default tenant {DEFAULT_TENANT} {what}: its credentials come from the "
-                "RELAYPUSH_APNS_* and RELAYPUSH_FCM_* settings",
+                "RELAYPUSH_APNS_*, RELAYPUSH_FCM_* and RELAYPUSH_VAPID_* settings",
                 "path",
             ),
         )
@@ -187,11 +201,14 @@ class TenantService:
         if tenant_id == DEFAULT_TENANT:
             providers = self._default.providers
             topic, apns_type = self._default.apns_topic, self._default.apns_type
+            vapid_public_key = self._default.vapid_public_key
         else:
             providers = configured_providers(state)
             apns = state.apns
             topic = apns.topic if apns is not None else None
             apns_type = apns.type if apns is not None else None
+            webpush = state.webpush
+            vapid_public_key = webpush.public_key if webpush is not None else None
         return TenantView(
             url=self.url_of(tenant_id),
             enabled_providers=providers,
@@ -199,6 +216,7 @@ class TenantService:
             apns_type=apns_type,
             suspended=state.suspended,
             suspended_reason=state.suspended_reason,
+            vapid_public_key=vapid_public_key,
         )
 
     async def list_ids(self) -> list[str]:
@@ -247,6 +265,20 @@ class TenantService:
         credential = await self._checker.check_fcm(document)
         await self._set(tenant_id, credential, request_id=request_id)
 
+    async def set_webpush(
+        self,
+        tenant_id: str,
+        private_key: str | bytes | None,
+        subject: str | bytes | None,
+        *,
+        request_id: str,
+    ) -> None:
+        """Check, store and record a VAPID key pair (lifting a suspension)."""
+        self._checker.shape_webpush(private_key, subject)
+        await self._writable(tenant_id)
+        credential = self._checker.check_webpush(private_key, subject)
+        await self._set(tenant_id, credential, request_id=request_id)
+
     async def remove(self, tenant_id: str, kind: CredentialKind, *, request_id: str) -> None:
         """Remove the tenant's credentials of ``kind``; nothing to do when it has none."""
         if tenant_id == DEFAULT_TENANT:
@@ -293,6 +325,7 @@ class TenantService:
             apns_topic=getattr(credential, "topic", None),
             apns_type=apns_type_of(credential),
             fcm_project_id=getattr(credential, "project_id", None),
+            vapid_public_key=credential.public_key if isinstance(credential, VapidKey) else None,
         )
         for _ in range(MAX_ATTEMPTS):
             state = await self._tenants.fresh(tenant_id)

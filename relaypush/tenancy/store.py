@@ -82,6 +82,14 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         CREATE INDEX tenant_credentials_key_id ON tenant_credentials (key_id);
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE tenant_credentials DROP CONSTRAINT tenant_credentials_kind;
+        ALTER TABLE tenant_credentials ADD CONSTRAINT tenant_credentials_kind
+            CHECK (kind IN ('apns', 'fcm_v1', 'webpush'));
+        """,
+    ),
 )
 
 

@@ -385,7 +385,7 @@ async def test_each_event_type_lands_in_its_rows(env: Env) -> None:
          False, None),
     ]  # fmt: skip
     assert await table(env, "tenants", "*") == [
-        ("acme", at(1), True, "abuse", "fp-apns", None, at(22)),
+        ("acme", at(1), True, "abuse", "fp-apns", None, at(22), None),
     ]
 
 

@@ -333,6 +333,7 @@ async def test_create_is_an_upsert_and_get_shows_the_tenant(stack: Stack) -> Non
         "apns_type": None,
         "suspended": False,
         "suspended_reason": None,
+        "vapid_public_key": None,
     }
 
 

@@ -297,7 +297,7 @@ async def test_did_key_prefix_is_stripped(env: Env) -> None:
 
 
 async def test_unknown_type_names_type(env: Env) -> None:
-    body = await refused(env, "POST", "/clients", 400, json_body=register_body(type="webpush"))
+    body = await refused(env, "POST", "/clients", 400, json_body=register_body(type="hms"))
     assert fields_of(body) == [("type", "body")]
 
 

@@ -170,7 +170,8 @@ def test_unknown_type_lists_the_known_ones() -> None:
         parse_register(body_of({**GOOD_REGISTER, "type": "gcm"}))
     assert info.value.fields == (
         FieldError(
-            "type", "unknown push type 'gcm'; expected one of apns, apns-sandbox, fcm, noop"
+            "type",
+            "unknown push type 'gcm'; expected one of apns, apns-sandbox, fcm, noop, webpush",
         ),
     )
 
