@@ -66,6 +66,7 @@ def create_app(
         require_client_auth=settings.require_client_auth,
         verifier=verifier,
         replay_guard=replay_guard,
+        client_jwt_max_age=settings.client_jwt_max_age,
     )
     limiter = RateLimiter(settings.rate_limit_per_minute, trusted_proxies=settings.trusted_proxies)
     tenants = TenantsContext(
