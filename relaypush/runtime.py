@@ -41,7 +41,7 @@ from relaypush.delivery.registry import ProviderRegistry
 from relaypush.domain.events import ProviderType
 from relaypush.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from relaypush.http.app import create_app
-from relaypush.metrics import REGISTRY
+from relaypush.metrics import REGISTRY, process_ended, shared_between_processes
 from relaypush.metrics_server import serve_metrics
 from relaypush.privacy import Sealer, open_sealer
 from relaypush.service import RelayService
@@ -211,6 +211,7 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        process_ended(proc.pid)
 
 
 async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False) -> None:
@@ -328,15 +329,25 @@ async def _run(
     log.info("stopped")
 
 
+def _metrics_of_all_workers(settings: Settings) -> contextlib.AbstractContextManager[object]:
+    """With several API processes, every one of them serves the metrics of all (the workers
+    it starts inherit the directory)."""
+    if settings.api_workers > 1:
+        return shared_between_processes()
+    return contextlib.nullcontext()
+
+
 async def serve(settings: Settings) -> None:
     """API, dispatcher and projector in one process."""
-    await _run(settings, (_api, _dispatcher, _projector, _chainer), database=True)
+    with _metrics_of_all_workers(settings):
+        await _run(settings, (_api, _dispatcher, _projector, _chainer), database=True)
 
 
 async def run_api(settings: Settings, *, worker: bool = False) -> None:
     """The API alone; ``worker`` marks a process started by another API process."""
     part = functools.partial(_api, worker=True) if worker else _api
-    await _run(settings, (part,), database=bool(settings.credentials_key))
+    with contextlib.nullcontext() if worker else _metrics_of_all_workers(settings):
+        await _run(settings, (part,), database=bool(settings.credentials_key))
 
 
 async def run_dispatcher(settings: Settings) -> None:
