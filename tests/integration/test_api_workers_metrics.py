@@ -6,36 +6,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.processes import RELAYPUSH, free_port, wait_until
+
 pytestmark = pytest.mark.integration
 
-RELAYPUSH = str(Path(sys.executable).with_name("relaypush"))
 HEALTH_COUNT = re.compile(
     r'^relaypush_http_requests_total\{method="GET",route="/health",status="200"\} (\S+)$', re.M
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(name="api")
