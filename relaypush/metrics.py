@@ -27,7 +27,6 @@ from typing import Final, TypeVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 __all__ = [
     "CONTENT_TYPE",
@@ -43,7 +42,7 @@ __all__ = [
     "shared_between_processes",
 ]
 
-CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
