@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_WEBPUSH_HOSTS",
     "PREFIX",
+    "PREFIX",
+    "TENANT_JWT_SECRET_MIN_BYTES",
     "ConfigError",
     "Settings",
     "load_settings",
@@ -34,6 +36,8 @@ DEFAULT_WEBPUSH_HOSTS: tuple[str, ...] = (
     "*.notify.windows.com",
     "web.push.apple.com",
 )
+#: An HS256 key shorter than the hash (32 bytes) is refused (RFC 7518, section 3.2).
+TENANT_JWT_SECRET_MIN_BYTES = 32
 
 
 class ConfigError(Exception):
@@ -60,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     relay_public_key: str | None = None
     signature_max_age: int = 300
     require_client_auth: bool = False
+    client_jwt_max_age: float = 86400.0
     admin_token: str | None = None
     tenant_jwt_secret: str | None = None
     rate_limit_per_minute: int = 100
@@ -101,6 +106,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # logging
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __post_init__(self) -> None:
+        secret = self.tenant_jwt_secret
+        if secret and len(secret.encode()) < TENANT_JWT_SECRET_MIN_BYTES:
+            raise ConfigError(
+                f"RELAYPUSH_TENANT_JWT_SECRET must have at least {TENANT_JWT_SECRET_MIN_BYTES} "
+                f"bytes (it has {len(secret.encode())}): an HS256 key shorter than its hash is "
+                "refused (RFC 7518, section 3.2)"
+            )
 
     @property
     def base_url(self) -> str:

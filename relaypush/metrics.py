@@ -1,147 +1,162 @@
-"""A small Prometheus registry: counters, gauges and histograms rendered in text format 0.0.4.
+"""Prometheus metrics on ``prometheus_client``, behind the small API the rest of relaypush uses.
 
-Enough for relaypush's own metrics without another dependency. Label values are escaped.
+``registry.counter(name, help, labels)`` (likewise ``gauge`` and ``histogram(...,
+buckets=...)``) registers a metric once and returns it again for the same name; label values
+are keyword arguments of ``inc``, ``dec``, ``set`` and ``observe``. ``render`` gives the text
+exposition (format 0.0.4, :data:`CONTENT_TYPE`). Counters carry no ``_created`` series, as
+before prometheus_client.
+
+Several processes, one set of metrics: with ``RELAYPUSH_API_WORKERS`` > 1 the API processes
+share a port, and a scrape reaches any one of them. :func:`share_between_processes` (called by
+the process that starts the others, before any metric exists; the others inherit it through
+``PROMETHEUS_MULTIPROC_DIR``) puts every process's values in one directory, and each process
+renders the sum over all of them (prometheus_client's multiprocess mode): counters and
+histograms add up, gauges add up over the live processes. This is the one module that touches
+prometheus_client's process-wide value class; tests/unit/test_metrics.py fails when a release
+changes it.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Final, TypeVar
 
-__all__ = ["REGISTRY", "Counter", "Gauge", "Histogram", "Registry"]
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
 
-Labels = tuple[tuple[str, str], ...]
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_BUCKETS",
+    "MULTIPROCESS_DIR_VARIABLE",
+    "REGISTRY",
+    "Counter",
+    "Gauge",
+    "Histogram",
+    "Registry",
+    "process_ended",
+    "share_between_processes",
+    "shared_between_processes",
+]
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _shared_dir() -> str | None:
+    return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
 
 
-def _fmt_labels(labels: Labels, extra: Labels = ()) -> str:
-    pairs = labels + extra
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+def share_between_processes(directory: Path) -> None:
+    """Keep this process's metric values in ``directory`` (empty, private to this run), and
+    every process started from here after (they inherit the environment variable); each one
+    then renders the sum over all of them. Call before the first metric is created."""
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
-def _fmt_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+@contextlib.contextmanager
+def shared_between_processes() -> Iterator[Path]:
+    """:func:`share_between_processes` in a new private directory, removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="relaypush-metrics-") as directory:
+        share_between_processes(Path(directory))
+        yield Path(directory)
+
+
+def process_ended(pid: int) -> None:
+    """A process that shared its metrics has exited: its gauges no longer count (its counters
+    and histograms still do)."""
+    if _shared_dir() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> None:
+    def __init__(self, name: str, labelnames: tuple[str, ...], registry: CollectorRegistry) -> None:
         self.name = name
-        self.help = help_text
-        self.labelnames = tuple(labelnames)
+        self.labelnames = labelnames
+        self._registry = registry
 
-    def _key(self, labels: dict[str, str]) -> Labels:
+    def _sample(self, suffix: str, labels: dict[str, str]) -> float:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple((n, str(labels[n])) for n in self.labelnames)
-
-    def samples(self) -> Iterable[str]:
-        raise NotImplementedError
-
-    def render(self) -> str:
-        head = f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
-        return head + "".join(line + "\n" for line in self.samples())
+        return self._registry.get_sample_value(self.name + suffix, labels) or 0.0
 
 
 class Counter(_Metric):
-    kind = "counter"
+    """A counter; ``inc(amount, **labels)``."""
 
-    def __init__(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[Labels, float] = {}
+    def __init__(
+        self, name: str, help_text: str, labelnames: tuple[str, ...], registry: CollectorRegistry
+    ) -> None:
+        super().__init__(name, labelnames, registry)
+        self._counter = prometheus_client.Counter(name, help_text, labelnames, registry=registry)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+        (self._counter.labels(**labels) if labels else self._counter).inc(amount)
 
     def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> Iterable[str]:
-        for key, value in sorted(self._values.items()):
-            yield f"{self.name}{_fmt_labels(key)} {_fmt_value(value)}"
+        return self._sample("" if self.name.endswith("_total") else "_total", labels)
 
 
 class Gauge(_Metric):
-    kind = "gauge"
+    """A gauge; ``set``, ``inc`` and ``dec`` with ``**labels``. Shared between processes, a
+    gauge is the sum over the live ones."""
 
-    def __init__(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[Labels, float] = {}
-        self._functions: dict[Labels, Callable[[], float]] = {}
+    def __init__(
+        self, name: str, help_text: str, labelnames: tuple[str, ...], registry: CollectorRegistry
+    ) -> None:
+        super().__init__(name, labelnames, registry)
+        self._gauge = prometheus_client.Gauge(
+            name, help_text, labelnames, registry=registry, multiprocess_mode="livesum"
+        )
+
+    def _child(self, labels: dict[str, str]) -> prometheus_client.Gauge:
+        return self._gauge.labels(**labels) if labels else self._gauge
 
     def set(self, value: float, **labels: str) -> None:
-        self._values[self._key(labels)] = value
+        self._child(labels).set(value)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+        self._child(labels).inc(amount)
 
     def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
+        self._child(labels).dec(amount)
 
     def set_function(self, fn: Callable[[], float], **labels: str) -> None:
-        """Read the value from ``fn`` at each scrape."""
-        self._functions[self._key(labels)] = fn
+        """Read the value from ``fn`` at each scrape (not when shared between processes)."""
+        self._child(labels).set_function(fn)
 
     def value(self, **labels: str) -> float:
-        key = self._key(labels)
-        fn = self._functions.get(key)
-        return fn() if fn is not None else self._values.get(key, 0.0)
-
-    def samples(self) -> Iterable[str]:
-        values = dict(self._values)
-        values.update({k: fn() for k, fn in self._functions.items()})
-        for key, value in sorted(values.items()):
-            yield f"{self.name}{_fmt_labels(key)} {_fmt_value(value)}"
-
-
-DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+        return self._sample("", labels)
 
 
 class Histogram(_Metric):
-    kind = "histogram"
+    """A histogram; ``observe(value, **labels)``."""
 
     def __init__(
         self,
         name: str,
         help_text: str,
-        labelnames: Iterable[str] = (),
-        buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+        labelnames: tuple[str, ...],
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...],
     ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.buckets = tuple(sorted(buckets))
-        self._counts: dict[Labels, list[int]] = {}
-        self._sums: dict[Labels, float] = {}
+        super().__init__(name, labelnames, registry)
+        self._histogram = prometheus_client.Histogram(
+            name, help_text, labelnames, registry=registry, buckets=tuple(sorted(buckets))
+        )
 
     def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
-        counts[bisect.bisect_left(self.buckets, value)] += 1
-        self._sums[key] = self._sums.get(key, 0.0) + value
+        (self._histogram.labels(**labels) if labels else self._histogram).observe(value)
 
     def count(self, **labels: str) -> int:
-        return sum(self._counts.get(self._key(labels), ()))
-
-    def samples(self) -> Iterable[str]:
-        for key, counts in sorted(self._counts.items()):
-            running = 0
-            for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
-                running += n
-                le = _fmt_labels(key, (("le", _fmt_value(bound)),))
-                yield f"{self.name}_bucket{le} {running}"
-            yield f"{self.name}_sum{_fmt_labels(key)} {_fmt_value(self._sums[key])}"
-            yield f"{self.name}_count{_fmt_labels(key)} {running}"
+        return int(self._sample("_count", labels))
 
 
 M = TypeVar("M", bound=_Metric)
@@ -151,22 +166,25 @@ class Registry:
     """Holds metrics by name; ``render`` gives the exposition text."""
 
     def __init__(self) -> None:
+        self._registry = CollectorRegistry(auto_describe=True)
         self._metrics: dict[str, _Metric] = {}
 
-    def _add(self, metric: M) -> M:
-        existing = self._metrics.get(metric.name)
+    def _add(self, kind: type[M], name: str, make: Callable[[], M]) -> M:
+        existing = self._metrics.get(name)
         if existing is not None:
-            if type(existing) is not type(metric):
-                raise ValueError(f"metric {metric.name} registered twice with other kinds")
+            if not isinstance(existing, kind):
+                raise ValueError(f"metric {name} registered twice with other kinds")
             return existing
-        self._metrics[metric.name] = metric
+        metric = self._metrics[name] = make()
         return metric
 
     def counter(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> Counter:
-        return self._add(Counter(name, help_text, labelnames))
+        labels = tuple(labelnames)
+        return self._add(Counter, name, lambda: Counter(name, help_text, labels, self._registry))
 
     def gauge(self, name: str, help_text: str, labelnames: Iterable[str] = ()) -> Gauge:
-        return self._add(Gauge(name, help_text, labelnames))
+        labels = tuple(labelnames)
+        return self._add(Gauge, name, lambda: Gauge(name, help_text, labels, self._registry))
 
     def histogram(
         self,
@@ -175,10 +193,19 @@ class Registry:
         labelnames: Iterable[str] = (),
         buckets: tuple[float, ...] = DEFAULT_BUCKETS,
     ) -> Histogram:
-        return self._add(Histogram(name, help_text, labelnames, buckets))
+        labels = tuple(labelnames)
+        return self._add(
+            Histogram, name, lambda: Histogram(name, help_text, labels, self._registry, buckets)
+        )
 
     def render(self) -> str:
-        return "".join(m.render() for _, m in sorted(self._metrics.items()))
+        """The text exposition; when shared between processes, the sum over all of them."""
+        shared = _shared_dir()
+        if shared is None:
+            return generate_latest(self._registry).decode()
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=shared)  # type: ignore[no-untyped-call]
+        return generate_latest(merged).decode()
 
 
 REGISTRY = Registry()

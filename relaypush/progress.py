@@ -1,35 +1,43 @@
 """Progress of a long operation (a rebuild) on a stream, usually standard error.
 
-On a terminal, one line redrawn in place, at most :data:`TTY_INTERVAL` apart::
+On a terminal, a ``rich.progress`` bar redrawn in place, at most every :data:`TTY_INTERVAL`::
 
-    rebuild [##########--------------------]  41,000/120,000  34.2%  25,310 ev/s  ETA 0:03
+    rebuild ━━━━━━━━━━━━━╸━━━━━━━━━━━━━━━━━━━━━━━━━━  41,000/120,000  34.2%  25,310 ev/s  ETA 0:03
 
-Elsewhere (a pipe, a log file, CI), a plain line at most every :data:`LINE_INTERVAL` seconds::
+Elsewhere (a pipe, a log file, CI, a ``TERM=dumb`` terminal), a plain line at most every
+:data:`LINE_INTERVAL` seconds::
 
     rebuild: 41,000/120,000 events (34.2%), 25,310 events/s, ETA 0:03
 
 The rate is measured over the last :data:`RATE_WINDOW` seconds, so that the ETA follows a rate
 that changes (a catch-up after a bulk replay); :meth:`Progress.summary` gives the average over
-the whole run. The clock is injected, so the formatting is tested without waiting.
+the whole run. (rich's own estimate forgets every sample whenever the total changes, and a
+rebuild's target moves with the live log.) The clock and the console are injected, so what is
+drawn, and when, is tested without waiting.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, ProgressColumn, Task, TaskID, TextColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Column
+from rich.text import Text
+
 __all__ = [
+    "BAR_WIDTH",
     "LINE_INTERVAL",
     "RATE_WINDOW",
     "TTY_INTERVAL",
     "Progress",
     "format_eta",
     "format_rate",
-    "render_bar",
 ]
 
 TTY_INTERVAL = 0.1
@@ -38,6 +46,8 @@ LINE_INTERVAL = 5.0
 """Seconds between two plain progress lines."""
 RATE_WINDOW = 5.0
 """Seconds of history the current rate is measured over."""
+BAR_WIDTH = 40
+"""Cells of the bar on a terminal wide enough for it and the figures."""
 
 Clock = Callable[[], float]
 
@@ -61,20 +71,26 @@ def format_eta(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-def render_bar(done: int, total: int, width: int) -> str:
-    """``[####------]``: ``width`` cells between the brackets, full when ``done >= total``."""
-    width = max(width, 1)
-    filled = width if total <= 0 or done >= total else max(0, done) * width // total
-    return "[" + "#" * filled + "-" * (width - filled) + "]"
-
-
-def _percent(done: int, total: int) -> float:
+def _percent(done: float, total: float) -> float:
     return 100.0 if total <= 0 else min(100.0, 100.0 * max(done, 0) / total)
 
 
+class _Figures(ProgressColumn):
+    """The figures after the bar (after ``prefix`` where there is no bar), on one line:
+    cropped, never wrapped, on a narrow terminal."""
+
+    def __init__(self, figures: Callable[[], str], prefix: str = "") -> None:
+        super().__init__(table_column=Column(no_wrap=True, overflow="crop"))
+        self.figures = figures
+        self.prefix = prefix
+
+    def render(self, task: Task) -> Text:
+        return Text(self.prefix + self.figures())
+
+
 class Progress:
-    """Reports ``update(done, total)`` calls on ``stream``: a bar when it is a terminal
-    (``tty``, by default ``stream.isatty()``), plain lines otherwise.
+    """Reports ``update(done, total)`` calls: a rich bar when ``console`` is a terminal (by
+    default a console on ``stream``, standard error unless given), plain lines otherwise.
 
     ``update`` is cheap when nothing is drawn, so it may be called after every batch.
     ``close`` ends the bar's line; ``summary`` is the closing figure for the caller to print.
@@ -85,17 +101,17 @@ class Progress:
         label: str,
         stream: TextIO | None = None,
         *,
-        tty: bool | None = None,
+        console: Console | None = None,
         clock: Clock = time.monotonic,
-        columns: int | None = None,
         unit: str = "events",
         short_unit: str = "ev",
     ) -> None:
         self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
+        self.console = console or Console(
+            file=stream if stream is not None else sys.stderr, highlight=False
+        )
+        self.tty = self.console.is_terminal and not self.console.is_dumb_terminal
         self.clock = clock
-        self.columns = columns
         self.unit = unit
         self.short_unit = short_unit
         self.started = clock()
@@ -103,13 +119,21 @@ class Progress:
         self.total = 0
         self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
         self._drawn_at: float | None = None
-        self._drawn_width = 0
+        self._bar = RichProgress(
+            console=self.console,
+            auto_refresh=False,  # drawn from update(), by the injected clock
+            get_time=clock,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            disable=not self.tty,
+        )
+        self._task: TaskID = self._bar.add_task(label, total=0)
 
     # -- figures -------------------------------------------------------------------------------
 
     def rate(self) -> float | None:
-        """Events a second over the last :data:`RATE_WINDOW` seconds (None before any time
-        has passed)."""
+        """Per second over the last :data:`RATE_WINDOW` seconds (None before any time has
+        passed)."""
         (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
         if t1 <= t0:
             return None
@@ -138,19 +162,13 @@ class Progress:
             f" {format_rate(self.rate(), f'{self.unit}/s')}, ETA {format_eta(self.eta())}"
         )
 
-    def bar(self) -> str:
-        """The terminal line: label, bar and figures, fitted to the terminal's width."""
-        columns = self.columns or shutil.get_terminal_size((100, 24)).columns
-        figures = (
+    def figures(self) -> str:
+        """What follows the bar: ``  41,000/120,000  34.2%  25,310 ev/s  ETA 0:03``."""
+        return (
             f"  {self.done:,}/{self.total:,}  {_percent(self.done, self.total):5.1f}%"
             f"  {format_rate(self.rate(), f'{self.short_unit}/s')}"
             f"  ETA {format_eta(self.eta())}"
         )
-        room = columns - 1 - len(self.label) - 1 - len(figures)  # the last column stays free
-        width = min(40, room - 2)
-        if width >= 5:
-            return f"{self.label} {render_bar(self.done, self.total, width)}{figures}"
-        return f"{self.label}{figures}"[: max(columns - 1, 1)]
 
     def summary(self) -> str:
         """``50,000 events in 2.0s, 25,000 events/s``: the average over the whole run."""
@@ -175,22 +193,36 @@ class Progress:
             self._draw(now)
 
     def _draw(self, now: float) -> None:
-        self._drawn_at = now
         if self.tty:
-            text = self.bar()
-            pad = " " * max(0, self._drawn_width - len(text))
-            self.stream.write(f"\r{text}{pad}")
-            self._drawn_width = len(text)
+            self._fit()
+            self._bar.update(self._task, completed=self.done, total=self.total)
+            if self._drawn_at is None:
+                self._bar.start()  # draws
+            else:
+                self._bar.refresh()
         else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+            self.console.file.write(self.line() + "\n")
+            self.console.file.flush()
+        self._drawn_at = now
+
+    def _fit(self) -> None:
+        """Size the bar to the terminal's width as it is now: without room for five cells of
+        bar, the label and the figures alone, cropped."""
+        room = self.console.width - len(self.label) - 2 - len(self.figures())
+        if room >= 5:
+            self._bar.columns = (
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=min(BAR_WIDTH, room)),
+                _Figures(self.figures),
+            )
+        else:
+            self._bar.columns = (_Figures(self.figures, prefix=self.label),)
 
     def close(self) -> None:
         """On a terminal, draw the bar a last time (as it stands now) and end its line, so
         that what follows starts on a line of its own; nothing otherwise."""
         if self.tty and self._drawn_at is not None:
-            self._draw(self.clock())
-            self.stream.write("\n")
-            self.stream.flush()
+            self._fit()
+            self._bar.update(self._task, completed=self.done, total=self.total)
+            self._bar.stop()
             self._drawn_at = None
-            self._drawn_width = 0

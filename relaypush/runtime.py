@@ -44,7 +44,12 @@ from relaypush.delivery.webpush import WebPushProvider
 from relaypush.domain.events import ProviderType
 from relaypush.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from relaypush.http.app import create_app
-from relaypush.metrics import REGISTRY
+from relaypush.metrics import (
+    MULTIPROCESS_DIR_VARIABLE,
+    REGISTRY,
+    process_ended,
+    shared_between_processes,
+)
 from relaypush.metrics_server import serve_metrics
 from relaypush.privacy import Sealer, open_sealer
 from relaypush.service import RelayService
@@ -226,6 +231,7 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        process_ended(proc.pid)
 
 
 async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False) -> None:
@@ -360,6 +366,14 @@ async def _run(
     log.info("stopped")
 
 
+def _metrics_of_all_workers(settings: Settings) -> contextlib.AbstractContextManager[object]:
+    """With several API processes, every one of them serves the metrics of all (the workers
+    it starts inherit the directory); a process started by ``serve`` inherits serve's."""
+    if (settings.api_workers or 1) > 1 and not os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        return shared_between_processes()
+    return contextlib.nullcontext()
+
+
 def usable_cores() -> int:
     """The cores this process may run on."""
     try:
@@ -383,15 +397,18 @@ async def _children(backends: Backends, stop: asyncio.Event) -> None:
 async def serve(settings: Settings) -> None:
     """Everything on one machine: the embedded servers where no URL is set, the projector and
     the audit chainer in this process, and the API workers (one per core unless
-    ``RELAYPUSH_API_WORKERS`` says otherwise) and the dispatcher in processes of their own."""
-    await _run(settings, (_children, _projector, _chainer), database=True)
+    ``RELAYPUSH_API_WORKERS`` says otherwise) and the dispatcher in processes of their own.
+    All of them share their metrics: ``/metrics`` on the API reports every process."""
+    with shared_between_processes():
+        await _run(settings, (_children, _projector, _chainer), database=True)
 
 
 async def run_api(settings: Settings, *, worker: bool = False) -> None:
     """The API alone; ``worker`` marks a process started by another API process. PostgreSQL
     is not needed to start (the deduplication index is read when it is up)."""
     part = functools.partial(_api, worker=True) if worker else _api
-    await _run(settings, (part,), database=True, migrate_tables=False)
+    with contextlib.nullcontext() if worker else _metrics_of_all_workers(settings):
+        await _run(settings, (part,), database=True, migrate_tables=False)
 
 
 async def run_dispatcher(settings: Settings) -> None:

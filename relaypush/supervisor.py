@@ -23,6 +23,7 @@ from typing import Final
 import structlog
 
 from relaypush.embedded import die_with_parent
+from relaypush.metrics import process_ended
 
 __all__ = ["Child", "Supervisor"]
 
@@ -94,6 +95,8 @@ class Supervisor:
         for child in self.children:
             if child.waiter is not None:
                 child.waiter.cancel()
+            if child.process is not None:
+                process_ended(child.process.pid)
 
     async def _start(self, child: Child) -> None:
         child.process = await asyncio.create_subprocess_exec(
@@ -110,6 +113,7 @@ class Supervisor:
 
     async def _restart(self, child: Child, stop: asyncio.Event) -> None:
         assert child.process is not None
+        process_ended(child.process.pid)
         ran = time.monotonic() - child.started_at
         if ran >= HEALTHY_AFTER:
             child.delay = RESTART_DELAY[0]

@@ -8,26 +8,25 @@ way. The key in ``iss`` signs the token and must be the client being registered 
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
+import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from relaypush.auth.jwt_parts import (
     AUTHORIZATION_HEADER,
-    b64url_encode,
-    json_part,
+    read_jwt,
     refuse,
     seconds_claim,
-    split_jwt,
+    verify_signature,
 )
 from relaypush.domain.ids import strip_did_key
 
 __all__ = [
     "AUTHORIZATION_HEADER",
+    "DEFAULT_MAX_AGE",
     "b58decode",
     "b58encode",
     "did_key_to_ed25519",
@@ -36,6 +35,9 @@ __all__ = [
     "verify_client_jwt",
 ]
 
+
+DEFAULT_MAX_AGE: Final = 86400.0
+"""Seconds a JWT without ``exp`` is valid after its ``iat`` (``RELAYPUSH_CLIENT_JWT_MAX_AGE``)."""
 
 _DID_KEY_PREFIX: Final = "did:key:z"
 _ED25519_MULTICODEC: Final = b"\xed\x01"
@@ -105,18 +107,20 @@ def verify_client_jwt(
     audience: str,
     now: float | None = None,
     leeway: float = 120.0,
+    max_age: float = DEFAULT_MAX_AGE,
 ) -> None:
     """Accept the wallet's JWT for ``client_id`` or raise ``Unauthorized`` saying why.
 
     ``token`` may carry a ``Bearer `` prefix. ``client_id`` and ``iss`` are compared with their
     ``did:key:`` prefixes stripped; ``aud`` must equal ``audience`` (a trailing ``/`` aside).
+    A token without ``exp`` is valid until its ``iat`` is ``max_age`` seconds old (and the
+    leeway): without that bound it would be valid forever.
     """
     if token[:7].lower() == "bearer ":
         token = token[7:].strip()
     if not token:
         raise refuse("a JWT is required")
-    jwt = split_jwt(token, alg="EdDSA")
-    claims = json_part(jwt.claims_b64, "claims")  # the key to verify with is in the claims
+    _, claims = read_jwt(token, alg="EdDSA")  # the key to verify with is in the claims
 
     iss = claims.get("iss")
     if not isinstance(iss, str):
@@ -125,10 +129,9 @@ def verify_client_jwt(
         key = did_key_to_ed25519(iss)
     except ValueError as exc:
         raise refuse(f"JWT claim 'iss' is not an Ed25519 did:key: {exc}") from exc
-    try:
-        key.verify(jwt.signature, jwt.signing_input)
-    except InvalidSignature:
-        raise refuse("JWT signature does not verify with the key in 'iss'") from None
+    verify_signature(
+        token, key, alg="EdDSA", refusal="JWT signature does not verify with the key in 'iss'"
+    )
 
     if strip_did_key(iss) != strip_did_key(client_id):
         raise refuse("JWT claim 'iss' is not the did:key of the client being changed")
@@ -146,6 +149,11 @@ def verify_client_jwt(
     exp = seconds_claim(claims, "exp")
     if exp is not None and current > exp + leeway:
         raise refuse(f"JWT expired {current - exp:.0f} s ago")
+    if exp is None and current > iat + max_age + leeway:
+        raise refuse(
+            f"JWT without 'exp' issued {current - iat:.0f} s ago: such a token is valid for "
+            f"{max_age:.0f} s after its 'iat'"
+        )
 
 
 def make_client_jwt(
@@ -160,7 +168,4 @@ def make_client_jwt(
     claims: dict[str, object] = {"iss": ed25519_to_did_key(pub), "aud": audience, "iat": iat}
     if exp is not None:
         claims["exp"] = exp
-    header_b64 = b64url_encode(b'{"alg":"EdDSA","typ":"JWT"}')
-    claims_b64 = b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{header_b64}.{claims_b64}"
-    return f"{signing_input}.{b64url_encode(private_key.sign(signing_input.encode()))}"
+    return jwt.encode(claims, private_key, algorithm="EdDSA")

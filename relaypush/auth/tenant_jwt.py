@@ -2,33 +2,27 @@
 
 A compact JWS ``header.claims.signature`` with header ``{"alg": "HS256", "typ": "JWT"}``
 (``typ`` optional), signed with HMAC-SHA256 under ``RELAYPUSH_TENANT_JWT_SECRET`` (its UTF-8
-bytes). Only HS256 is accepted: ``none`` and every other ``alg`` are refused before anything else
-is read, and the signature is compared in constant time. ``exp`` (and ``nbf`` when present) are
-honoured with a small leeway for clock skew.
+bytes, at least 32 of them), checked by PyJWT. Only HS256 is accepted: ``none`` and every other
+``alg`` are refused before the signature is read, and the signature is compared in constant
+time. ``exp`` (and ``nbf`` when present) are honoured with a small leeway for clock skew.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from typing import Final
 
+import jwt
 import msgspec
 
-from relaypush.auth.jwt_parts import (
-    b64url_encode,
-    json_part,
-    refuse,
-    seconds_claim,
-    split_jwt,
-)
+from relaypush.auth.jwt_parts import read_jwt, refuse, seconds_claim, verify_signature
+from relaypush.config import TENANT_JWT_SECRET_MIN_BYTES
 
 __all__ = ["DEFAULT_LEEWAY", "TenantClaims", "make_tenant_jwt", "verify_tenant_jwt"]
 
 #: Seconds of clock skew allowed on ``exp`` and ``nbf``.
 DEFAULT_LEEWAY: Final = 30.0
-_HEADER: Final = b'{"alg":"HS256","typ":"JWT"}'
 
 
 class TenantClaims(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,8 +32,9 @@ class TenantClaims(msgspec.Struct, frozen=True, kw_only=True):
     exp: float
 
 
-def _signature(secret: str, signing_input: str) -> bytes:
-    return hmac.new(secret.encode(), signing_input.encode("ascii"), hashlib.sha256).digest()
+def _check_secret(secret: str) -> None:
+    if len(secret.encode()) < TENANT_JWT_SECRET_MIN_BYTES:
+        raise ValueError(f"an HS256 secret has at least {TENANT_JWT_SECRET_MIN_BYTES} bytes")
 
 
 def verify_tenant_jwt(
@@ -52,15 +47,17 @@ def verify_tenant_jwt(
 ) -> TenantClaims:
     """The claims of ``token`` if it authorises ``tenant_id``; else ``Unauthorized`` saying why.
 
-    ``token`` is the JWT alone (the caller strips ``Bearer ``).
+    ``token`` is the JWT alone (the caller strips ``Bearer ``). ``secret`` has at least
+    ``TENANT_JWT_SECRET_MIN_BYTES`` bytes (``ValueError`` otherwise: the settings say so first).
     """
-    if not secret:
-        raise ValueError("an HS256 secret must not be empty")
-    jwt = split_jwt(token, alg="HS256")
-    expected = _signature(secret, jwt.signing_input.decode("ascii"))
-    if not hmac.compare_digest(jwt.signature, expected):
-        raise refuse("JWT signature does not verify with the tenant JWT secret")
-    claims = json_part(jwt.claims_b64, "claims")
+    _check_secret(secret)
+    _, claims = read_jwt(token, alg="HS256")
+    verify_signature(
+        token,
+        secret,
+        alg="HS256",
+        refusal="JWT signature does not verify with the tenant JWT secret",
+    )
     current = time.time() if now is None else now
     exp = seconds_claim(claims, "exp")
     if exp is None:
@@ -73,15 +70,16 @@ def verify_tenant_jwt(
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise refuse("JWT claim 'sub' must be the tenant id")
-    if not hmac.compare_digest(sub.encode(), tenant_id.encode()):
+    # surrogatepass: a JSON escape may carry a lone surrogate, which plain UTF-8 cannot encode
+    if not hmac.compare_digest(sub.encode("utf-8", "surrogatepass"), tenant_id.encode()):
         raise refuse("JWT claim 'sub' is another tenant: a tenant JWT opens its own tenant only")
     return TenantClaims(sub=sub, exp=exp)
 
 
 def make_tenant_jwt(secret: str, *, tenant_id: str, exp: float, iat: float | None = None) -> str:
     """An HS256 tenant JWT for ``tenant_id`` expiring at ``exp`` (for operators and tests)."""
+    _check_secret(secret)
     claims: dict[str, object] = {"sub": tenant_id, "exp": int(exp)}
     if iat is not None:
         claims["iat"] = int(iat)
-    signing_input = f"{b64url_encode(_HEADER)}.{b64url_encode(msgspec.json.encode(claims))}"
-    return f"{signing_input}.{b64url_encode(_signature(secret, signing_input))}"
+    return jwt.encode(claims, secret, algorithm="HS256")

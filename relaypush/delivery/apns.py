@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 from urllib.parse import quote, urlsplit
@@ -61,6 +59,7 @@ from relaypush.delivery.apns_auth import (
 )
 from relaypush.delivery.apns_outcomes import REASONS, outcome_for
 from relaypush.delivery.outcomes import CredentialsInvalid, Outcome, Retry, Target
+from relaypush.delivery.retry_after import retry_after
 from relaypush.domain.events import NotificationAccepted
 from relaypush.domain.provider_payload import apns_body, apns_id
 from relaypush.logs import fingerprint
@@ -395,7 +394,9 @@ class ApnsProvider:
             reason = None
         if reason == "ExpiredProviderToken" and isinstance(self._auth, ProviderToken):
             self._auth.expired_by_apns()
-        after = _retry_after(answer.headers.get(b"retry-after", b"").decode("latin-1"))
+        after = retry_after(
+            answer.headers.get(b"retry-after", b"").decode("latin-1"), now=datetime.now(UTC)
+        )
         return outcome_for(
             answer.status,
             reason,
@@ -427,18 +428,3 @@ class ApnsProvider:
             lost = [c.lost for c in connections if isinstance(c, _Connection)]
             if lost:
                 await asyncio.wait(lost, timeout=self.timeout)
-
-
-def _retry_after(value: str) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP date), else None."""
-    if not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None

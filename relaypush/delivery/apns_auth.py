@@ -4,7 +4,7 @@ A :class:`ProviderToken` is one JWT per signing key, shared by every connection 
 provider that uses the key. ``header()`` renews it once it is :data:`RENEW_AFTER` seconds old:
 Apple refuses renewals more often than every 20 minutes (``TooManyProviderTokenUpdates``) and
 tokens older than 60 (``ExpiredProviderToken``). The JWT is ``{"alg": "ES256", "kid": key id}``
-over ``{"iss": team id, "iat": seconds}``, signed with ``cryptography`` (raw ``r || s``).
+over ``{"iss": team id, "iat": seconds}``, signed by PyJWT (ES256: raw ``r || s``).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Final
 
-import msgspec
+import jwt
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from relaypush.config import ConfigError, Settings
@@ -112,13 +111,12 @@ class ProviderToken:
         self._renew_at = MIN_RENEW_AGE
 
     def _sign(self, iat: int) -> None:
-        header = _b64(msgspec.json.encode({"alg": "ES256", "kid": self.key_id}))
-        claims = _b64(msgspec.json.encode({"iss": self.team_id, "iat": iat}))
-        signing_input = f"{header}.{claims}"
-        r, s = decode_dss_signature(
-            self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        self._jwt = jwt.encode(
+            {"iss": self.team_id, "iat": iat},
+            self._key,
+            algorithm="ES256",
+            headers={"kid": self.key_id, "typ": None},  # Apple's header: alg and kid only
         )
-        self._jwt = f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
         self._issued_at = iat
         self._renew_at = RENEW_AFTER
 
@@ -193,7 +191,3 @@ def credentials_from_settings(
         return ApnsCertificate.load(cert_file.read_bytes(), settings.apns_cert_password), topic
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot use the APNs credentials: {exc}") from exc
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Final, TypedDict, Unpack
 from urllib.parse import quote, urlsplit
@@ -50,6 +48,7 @@ from relaypush.delivery.outcomes import (
     Target,
     TokenInvalid,
 )
+from relaypush.delivery.retry_after import retry_after
 from relaypush.domain.events import NotificationAccepted
 from relaypush.domain.provider_payload import fcm_message
 from relaypush.logs import fingerprint
@@ -68,7 +67,6 @@ __all__ = [
     "ServiceAccountError",
     "classify",
     "interpret",
-    "retry_after",
 ]
 
 log = structlog.get_logger(__name__)
@@ -165,23 +163,6 @@ class RefreshToken:
     """FCM refused the bearer token: renew it and send once more (``reason`` if that fails)."""
 
     reason: str
-
-
-def retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date; else None."""
-    if not value or not value.strip():
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value.strip())
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - now).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _error(body: bytes) -> _Status | None:

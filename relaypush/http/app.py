@@ -69,6 +69,7 @@ def create_app(
         verifier=verifier,
         replay_guard=replay_guard,
         webpush_hosts=settings.webpush_hosts,
+        client_jwt_max_age=settings.client_jwt_max_age,
     )
     limiter = RateLimiter(settings.rate_limit_per_minute, trusted_proxies=settings.trusted_proxies)
     default_tenant = DefaultTenant.from_settings(settings)

@@ -20,7 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import Guard
 
 from eventstore.once import Once
-from relaypush.auth.client_jwt import AUTHORIZATION_HEADER, verify_client_jwt
+from relaypush.auth.client_jwt import AUTHORIZATION_HEADER, DEFAULT_MAX_AGE, verify_client_jwt
 from relaypush.auth.relay_signature import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -69,6 +69,8 @@ class RelayContext:
     replay_guard: Once | None = None
     #: the hosts a ``webpush`` client's subscription may point at (``RELAYPUSH_WEBPUSH_HOSTS``)
     webpush_hosts: tuple[str, ...] = ()
+    #: how long a client JWT without ``exp`` is valid after its ``iat`` (seconds)
+    client_jwt_max_age: float = DEFAULT_MAX_AGE
 
 
 def _json(status: int, body: bytes = OK_BODY) -> Response[bytes]:
@@ -113,7 +115,12 @@ async def register_client(
     body = await request.body()
     token = _client_token(request, relay)
     if token is not None:
-        verify_client_jwt(token, client_id=_claimed_client_id(body), audience=relay.audience)
+        verify_client_jwt(
+            token,
+            client_id=_claimed_client_id(body),
+            audience=relay.audience,
+            max_age=relay.client_jwt_max_age,
+        )
     tenant_id = _tenant_of(request)
     registration = parse_register(body, webpush_hosts=relay.webpush_hosts)
     await relay.service.register(tenant_id, registration, request_id=request_id_of(request.scope))
@@ -126,7 +133,12 @@ async def unregister_client(
     """Unregister a client; idempotent."""
     token = _client_token(request, relay)
     if token is not None:
-        verify_client_jwt(token, client_id=request.path_params["id"], audience=relay.audience)
+        verify_client_jwt(
+            token,
+            client_id=request.path_params["id"],
+            audience=relay.audience,
+            max_age=relay.client_jwt_max_age,
+        )
     tenant_id = _tenant_of(request)
     client_id = _client_of(request)
     await relay.service.unregister(tenant_id, client_id, request_id=request_id_of(request.scope))

@@ -1,16 +1,18 @@
 """Throwaway certificates for stand-ins: a CA and server certificate, and client certificates.
 
-Everything is P-256 and short-lived; nothing here is meant for production use.
+The stand-ins' CA and server certificates come from trustme. APNs client certificates are made
+here with ``cryptography``: Apple puts the app's bundle id in the subject's UID attribute, which
+trustme cannot write. Everything is P-256; nothing here is meant for production use.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -54,41 +56,12 @@ class ClientCertificate:
 def issue_server_certificate(directory: Path, host: str) -> ServerFiles:
     """A new CA and a server certificate it signed, for ``127.0.0.1``, ``localhost`` and
     ``host``, written as ``ca.pem``, ``server.pem`` and ``server.key`` under ``directory``."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("relaypush stand-in CA")
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (
-        _builder(ca_name, ca_name, ca_key.public_key(), days=2)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    names: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    try:
-        names.append(x509.IPAddress(ipaddress.ip_address(host)))
-    except ValueError:
-        names.append(x509.DNSName(host))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _builder(_name("localhost"), ca_name, key.public_key(), days=1)
-        .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(names))), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = trustme.CA(organization_name="relaypush stand-in CA")
+    leaf = ca.issue_cert(*dict.fromkeys(["localhost", "127.0.0.1", host]))
     files = ServerFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    files.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key_file.write_bytes(_key_pem(key))
+    ca.cert_pem.write_to_path(str(files.ca_file))
+    files.cert_file.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(files.key_file))
     return files
 
 
@@ -115,10 +88,6 @@ def self_signed_client(
     )
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def _builder(
     subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, *, days: int
 ) -> x509.CertificateBuilder:
@@ -137,18 +106,4 @@ def _builder(
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
     )

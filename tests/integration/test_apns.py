@@ -26,6 +26,7 @@ from relaypush.delivery.outcomes import (
     Target,
     TokenInvalid,
 )
+from relaypush.delivery.retry_after import MAX_RETRY_AFTER
 from relaypush.domain.events import (
     NotificationAccepted,
     NotifyMessage,
@@ -264,6 +265,7 @@ SCRIPTED: list[tuple[Scripted, type[Outcome], str, float | None]] = [
     (reason(500, "InternalServerError"), Retry, "500 InternalServerError", None),
     (reason(503, "ServiceUnavailable", retry_after=2.5), Retry, "503 ServiceUnavailable", 2.5),
     (reason(503, "Shutdown"), Retry, "503 Shutdown", None),
+    (reason(503, "Shutdown", retry_after=99999999), Retry, "503 Shutdown", MAX_RETRY_AFTER),
     (status(503), Retry, "503 without a reason", None),
     (reason(400, "SomethingNew"), Retry, "unknown APNs answer 400 SomethingNew", None),
     (bare(500), Retry, "500 without a reason", None),

@@ -30,6 +30,7 @@ from relaypush.delivery.outcomes import (
     Target,
     TokenInvalid,
 )
+from relaypush.delivery.retry_after import MAX_RETRY_AFTER
 from relaypush.domain.events import NotificationAccepted, NotifyMessage, RawMessage
 from relaypush.domain.provider_payload import fcm_message
 from relaypush.metrics import Registry
@@ -301,6 +302,11 @@ SCRIPTS: list[tuple[str, DeviceScript, Outcome]] = [
         "unavailable",
         DeviceScript().error(503, "UNAVAILABLE", message="try later"),
         Retry("UNAVAILABLE (503): try later"),
+    ),
+    (
+        "unavailable for years",
+        DeviceScript().error(503, "UNAVAILABLE", message="go away", retry_after=99999999),
+        Retry("UNAVAILABLE (503): go away", MAX_RETRY_AFTER),
     ),
     (
         "internal",

@@ -761,7 +761,10 @@ def _tenant_requests(tenant: str) -> list[tuple[str, str, dict[str, Any]]]:
         ADMIN,
         "Basic " + base64.b64encode(b"admin:x").decode(),
         "Bearer wrong-admin-token",
-        "Bearer " + make_tenant_jwt("another-secret", tenant_id="acme", exp=time.time() + 300),
+        "Bearer "
+        + make_tenant_jwt(
+            "another-secret-of-at-least-32-bytes", tenant_id="acme", exp=time.time() + 300
+        ),
         "Bearer " + make_tenant_jwt(JWT_SECRET, tenant_id="acme", exp=time.time() - 3600),
         "Bearer " + make_tenant_jwt(JWT_SECRET, tenant_id="other", exp=time.time() + 300),
     ],

@@ -1,4 +1,4 @@
-"""Every FCM answer sorted into its outcome, and Retry-After in both of its forms."""
+"""Every FCM answer sorted into its outcome."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from relaypush.delivery.fcm import (
     RefreshToken,
     classify,
     interpret,
-    retry_after,
 )
 from relaypush.delivery.outcomes import (
     CredentialsInvalid,
@@ -210,28 +209,3 @@ def test_error_code_of_another_detail_type_is_ignored() -> None:
 def test_long_messages_are_cut() -> None:
     _, reason = classify(400, fcm_error(400, "INVALID_ARGUMENT", None, "x" * 5000))
     assert len(reason) < 250
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, None),
-        ("", None),
-        ("  ", None),
-        ("0", 0.0),
-        ("120", 120.0),
-        (" 3 ", 3.0),
-        ("1.5", 1.5),
-        ("-4", 0.0),
-        ("nan", None),
-        ("inf", None),
-        ("Sun, 01 Mar 2026 12:01:00 GMT", 60.0),
-        ("Sunday, 01-Mar-26 12:00:10 GMT", 10.0),
-        ("Sun Mar  1 12:00:05 2026", 5.0),
-        ("Sun, 01 Mar 2026 11:00:00 GMT", 0.0),
-        ("soon", None),
-        ("Sun, 99 Foo 2026 12:00:00 GMT", None),
-    ],
-)
-def test_retry_after(value: str | None, expected: float | None) -> None:
-    assert retry_after(value, now=NOW) == expected

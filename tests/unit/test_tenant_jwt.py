@@ -13,7 +13,7 @@ from relaypush.auth.tenant_jwt import make_tenant_jwt, verify_tenant_jwt
 from relaypush.domain.errors import Unauthorized
 from relaypush.http.auth import TenantAuthorizer
 
-SECRET = "tenant-jwt-secret-for-tests"
+SECRET = "tenant-jwt-secret-for-tests-32-bytes+"
 NOW = 1_800_000_000.0
 
 
