@@ -129,12 +129,15 @@ class JetStreamEventLog:
         prefix: str,
         duplicate_window: float = 300.0,
         replicas: int = 1,
+        max_age: float = 0.0,
+        max_bytes: int = 0,
         connect_timeout: float = 5.0,
         request_timeout: float = 5.0,
     ) -> Self:
         """Connect to ``url`` (one URL, or several separated by commas for a cluster), giving up
         after ``connect_timeout`` seconds (once connected, the client reconnects for as long as
-        it takes), make sure the stream exists, and own the connection. ``request_timeout``
+        it takes), make sure the stream exists (``max_age`` seconds and ``max_bytes`` bound what
+        it keeps, 0: unbounded), and own the connection. ``request_timeout``
         bounds each request (append, get, API call)."""
         nc = NATS()
         try:
@@ -158,16 +161,31 @@ class JetStreamEventLog:
             owns_connection=True,
         )
         try:
-            await event_log.ensure_stream(duplicate_window=duplicate_window, replicas=replicas)
+            await event_log.ensure_stream(
+                duplicate_window=duplicate_window,
+                replicas=replicas,
+                max_age=max_age,
+                max_bytes=max_bytes,
+            )
         except BaseException:
             await nc.close()
             raise
         return event_log
 
-    async def ensure_stream(self, *, duplicate_window: float = 300.0, replicas: int = 1) -> None:
+    async def ensure_stream(
+        self,
+        *,
+        duplicate_window: float = 300.0,
+        replicas: int = 1,
+        max_age: float = 0.0,
+        max_bytes: int = 0,
+    ) -> None:
         """Create the stream, or bring an existing one to this configuration where the server
         allows it (what it refuses to change is left as it is and logged); never fails on an
-        existing stream."""
+        existing stream. ``max_age`` (seconds) and ``max_bytes`` make the stream drop its oldest
+        events past them (0: keep everything)."""
+        age = max(0.0, max_age)
+        size = max_bytes if max_bytes > 0 else -1
         wanted = api.StreamConfig(
             name=self._stream,
             subjects=[f"{self._prefix}.>"],
@@ -177,6 +195,9 @@ class JetStreamEventLog:
             allow_direct=True,
             duplicate_window=duplicate_window,
             num_replicas=replicas,
+            discard=api.DiscardPolicy.OLD,
+            max_age=age,
+            max_bytes=size,
         )
         try:
             try:
@@ -195,8 +216,10 @@ class JetStreamEventLog:
                     "allow_direct": True,
                     "duplicate_window": duplicate_window,
                     "num_replicas": replicas,
+                    "max_age": age,
+                    "max_bytes": size,
                 }.items()
-                if getattr(current, key) != value
+                if _differs(getattr(current, key), value)
             }
             if not changes:
                 return
@@ -294,6 +317,14 @@ class JetStreamEventLog:
             async with aclosing(self._consume(wire, start, end, from_time)) as events:
                 async for event in events:
                     yield event
+
+    async def first_position(self) -> int:
+        """The stream's first sequence, 0 when it is empty."""
+        try:
+            info = await self._js.stream_info(self._stream)
+        except (nats.errors.Error, OSError) as exc:
+            raise _translate(exc) from exc
+        return info.state.first_seq if info.state.messages else 0
 
     async def last_position(self) -> int:
         """The stream's last sequence, 0 when it is empty."""
@@ -575,6 +606,13 @@ def _translate(exc: BaseException) -> EventStoreError:
     if isinstance(exc, nats.errors.MaxPayloadError | nats.errors.BadHeaderError):
         return EventStoreError(str(exc) or type(exc).__name__)
     return EventLogUnavailable(str(exc) or type(exc).__name__)
+
+
+def _differs(current: object, wanted: object) -> bool:
+    """Whether a stream setting must change (the server says None or 0 for what is unset)."""
+    if wanted in (0.0, -1) and current in (None, 0, 0.0, -1):
+        return False
+    return current != wanted
 
 
 def _user_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -156,6 +156,11 @@ class EventLog(Protocol):
         later events (recorded times rise with positions, as the log's clock does)."""
         ...
 
+    async def first_position(self) -> int:
+        """The position of the oldest event the log still holds, 0 when it is empty (a log with
+        limits drops its oldest events; positions are never reused)."""
+        ...
+
     async def last_position(self) -> int:
         """The position of the newest event in the log, 0 when it is empty."""
         ...

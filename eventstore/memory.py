@@ -138,6 +138,11 @@ class InMemoryEventLog:
             if matches(subject_filter, event.subject):
                 yield event
 
+    async def first_position(self) -> int:
+        """The position of the oldest event, 0 when the log is empty (nothing ages out here)."""
+        self._check_open()
+        return 1 if self._events else 0
+
     async def last_position(self) -> int:
         """The position of the newest event, 0 when the log is empty."""
         self._check_open()

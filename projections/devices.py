@@ -26,6 +26,7 @@ from psycopg import sql
 from projections.batch import Batch, recordset
 from relaypush.domain.events import (
     ClientErased,
+    ClientCarriedForward,
     ClientRegistered,
     ClientUnregistered,
     Event,
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 EVENT_TYPES: frozenset[type[Event]] = frozenset(
-    {ClientRegistered, ClientUnregistered, ClientErased, TenantDeleted}
+    {ClientRegistered, ClientCarriedForward, ClientUnregistered, ClientErased, TenantDeleted}
 )
 """The events this read model takes."""
 

@@ -30,7 +30,15 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from eventstore import REST, Delivery, EventLog, EventLogUnavailable, EventStoreError, Subscription
+from eventstore import (
+    REST,
+    Delivery,
+    EventLog,
+    EventLogUnavailable,
+    EventStoreError,
+    RecordedEvent,
+    Subscription,
+)
 from projections.batch import Opener
 from projections.checkpoint import (
     apply_records,
@@ -85,8 +93,10 @@ class _Session:
         self.pruned_at: datetime | None = None  # when rows past retention were last deleted
 
     async def subscribe(self) -> Subscription:
-        """Recreate the durable consumer at ``checkpoint + 1``."""
+        """Recreate the durable consumer at ``checkpoint + 1``, first applying from the
+        projector's history what the log no longer holds."""
         await self.unsubscribe()
+        await self.backfill()
         p = self.projector
         self.subscription = await p.log.subscribe(
             p.durable,
@@ -96,6 +106,47 @@ class _Session:
         )
         self.fresh = True
         return self.subscription
+
+    async def backfill(self) -> None:
+        """Apply the events between the checkpoint and the log's first position (the log's
+        limits dropped them) from the projector's ``history`` (the archive), when it has one."""
+        p = self.projector
+        if p.history is None:
+            return
+        first = await p.log.first_position()
+        if first <= self.checkpoint + 1:
+            return
+        batch: list[RecordedEvent] = []
+        async for record in p.history.read(
+            from_position=self.checkpoint + 1, to_position=first - 1
+        ):
+            batch.append(record)
+            if len(batch) >= p.batch_size:
+                await self._apply_history(batch)
+                batch = []
+        if batch:
+            await self._apply_history(batch)
+        if self.checkpoint < first - 1:
+            log.error(
+                "projector_history_missing",
+                schema=p.schema,
+                missing_from=self.checkpoint + 1,
+                missing_to=first - 1,
+            )
+        else:
+            log.info("projector_backfilled", schema=p.schema, to=self.checkpoint)
+
+    async def _apply_history(self, records: list[RecordedEvent]) -> None:
+        p = self.projector
+        result = await apply_records(
+            self.conn,
+            p.schema,
+            records,
+            expected_checkpoint=self.checkpoint,
+            opener=p.opener,
+        )
+        self.checkpoint = result.checkpoint
+        self.applied += result.applied
 
     async def unsubscribe(self) -> None:
         if self.subscription is not None:
@@ -245,11 +296,13 @@ class Projector:
         opener: Opener | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         dedup_retention: float = 0.0,
+        history: EventLog | None = None,
     ) -> None:
         """``opener`` opens the personal fields events carry sealed (without it, they are
         projected as erased); ``clock`` dates what the projector records of its own progress
         and decides what is past retention; ``dedup_retention``: seconds ``messages`` rows are
-        kept (0: forever)."""
+        kept (0: forever); ``history`` holds what the log's limits dropped (the archive, read
+        with the log: ``relaypush.audit.archive.ArchivedLog``)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.log = log
@@ -261,6 +314,7 @@ class Projector:
         self.opener = opener
         self.clock = clock
         self.dedup_retention = dedup_retention
+        self.history = history
 
     @asynccontextmanager
     async def _session(self, stop: asyncio.Event | None) -> AsyncIterator[_Session | None]:

@@ -20,6 +20,7 @@ from psycopg import sql
 from projections.batch import Batch
 from relaypush.domain.events import (
     Event,
+    TenantCarriedForward,
     TenantCreated,
     TenantCredentialsChanged,
     TenantCredentialsRemoved,
@@ -38,6 +39,7 @@ EVENT_TYPES: frozenset[type[Event]] = frozenset(
         TenantSuspended,
         TenantUnsuspended,
         TenantDeleted,
+        TenantCarriedForward,
     }
 )
 """The events this read model takes."""
@@ -72,6 +74,14 @@ def assignments(event: Event) -> dict[str, object] | None:
             return {"suspended": False, "suspended_reason": None}
         case TenantDeleted():
             return {"deleted_at": event.occurred_at}
+        case TenantCarriedForward():
+            carried: dict[str, str] = {c.kind: c.fingerprint for c in event.credentials}
+            return {
+                "created_at": event.created_at,
+                "suspended": event.suspended,
+                "suspended_reason": event.suspended_reason,
+                **{column: carried.get(kind) for kind, column in _FINGERPRINT_COLUMN.items()},
+            }
         case _:
             return None
 

@@ -40,7 +40,7 @@ async def _rebuild(settings: Settings) -> None:
         progress = Progress("rebuild", sys.stderr)
         try:
             result = await rebuild_and_swap(
-                backends.event_log,
+                runtime.with_archive(backends.event_log, settings),
                 backends.database_url,
                 schema,
                 progress=progress.update,
@@ -126,7 +126,8 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
         if not needs_event_log(args):  # `audit verify --file`: offline, connects to nothing
             return await run_audit(args, None, settings)
         async with runtime.open_backends(settings, database=False) as backends:
-            return await run_audit(args, backends.event_log, settings, sealer=backends.sealer)
+            history = runtime.with_archive(backends.event_log, settings)
+            return await run_audit(args, history, settings, sealer=backends.sealer)
 
     try:
         return asyncio.run(audit())

@@ -19,7 +19,6 @@ __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_WEBPUSH_HOSTS",
     "PREFIX",
-    "PREFIX",
     "TENANT_JWT_SECRET_MIN_BYTES",
     "ConfigError",
     "Settings",
@@ -59,6 +58,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     stream_replicas: int = 1
     duplicate_window: float = 300.0
     dedup_retention: float = 30 * 86400.0
+    # retention of the log itself, and its archive (relaypush.audit.archive, relaypush.retention)
+    log_max_age: float = 0.0
+    log_max_bytes: int = 0
+    archive_dir: Path | None = None
+    archive_segment_events: int = 50_000
+    archive_segment_seconds: float = 600.0
     database_schema: str = "relaypush"
     # relay and client authentication
     relay_public_key: str | None = None
@@ -108,6 +113,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def __post_init__(self) -> None:
+        if self.log_max_age < 0 or self.log_max_bytes < 0:
+            raise ConfigError(
+                "RELAYPUSH_LOG_MAX_AGE and RELAYPUSH_LOG_MAX_BYTES cannot be negative"
+            )
+        if 0 < self.log_max_age < self.delivery_deadline + 3600:
+            raise ConfigError(
+                f"RELAYPUSH_LOG_MAX_AGE ({self.log_max_age:g} s) must be at least an hour longer "
+                f"than RELAYPUSH_DELIVERY_DEADLINE ({self.delivery_deadline:g} s): a notification "
+                "must stay in the log for as long as it may still be delivered"
+            )
         secret = self.tenant_jwt_secret
         if secret and len(secret.encode()) < TENANT_JWT_SECRET_MIN_BYTES:
             raise ConfigError(
@@ -115,6 +130,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 f"bytes (it has {len(secret.encode())}): an HS256 key shorter than its hash is "
                 "refused (RFC 7518, section 3.2)"
             )
+
+    @property
+    def log_limited(self) -> bool:
+        """Whether the stream drops its oldest events (``RELAYPUSH_LOG_MAX_AGE`` or ``_BYTES``)."""
+        return self.log_max_age > 0 or self.log_max_bytes > 0
+
+    @property
+    def archive_directory(self) -> Path | None:
+        """Where the log is archived: ``RELAYPUSH_ARCHIVE_DIR``, or ``archive`` in the data
+        directory when the stream has limits; None when nothing is archived."""
+        if self.archive_dir is not None:
+            return self.archive_dir
+        return self.data_dir / "archive" if self.log_limited else None
 
     @property
     def base_url(self) -> str:

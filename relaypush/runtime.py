@@ -28,10 +28,12 @@ import psycopg
 import structlog
 import uvicorn
 
+from eventstore import EventLog
 from eventstore.jetstream import JetStreamEventLog
 from projections.dedup import open_dedup_index
 from projections.runner import Projector
 from projections.schema import migrate
+from relaypush.audit.archive import Archive, ArchivedLog, Archiver
 from relaypush.audit.chainer import Chainer
 from relaypush.config import Settings
 from relaypush.delivery.apns import ApnsProvider
@@ -52,6 +54,7 @@ from relaypush.metrics import (
 )
 from relaypush.metrics_server import serve_metrics
 from relaypush.privacy import Sealer, open_sealer
+from relaypush.retention import Keeper
 from relaypush.service import RelayService
 from relaypush.supervisor import Child, Supervisor
 from relaypush.tenancy.store import open_credential_store
@@ -130,6 +133,8 @@ async def open_backends(
             prefix=settings.subject_prefix,
             duplicate_window=settings.duplicate_window,
             replicas=settings.stream_replicas,
+            max_age=settings.log_max_age,
+            max_bytes=settings.log_max_bytes,
         )
         try:
             if database_url is not None and migrate_tables:
@@ -318,22 +323,54 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
             await provider.close()
 
 
+def with_archive(event_log: EventLog, settings: Settings) -> EventLog:
+    """The log as readers of its whole history see it: the archive first, when there is one."""
+    directory = settings.archive_directory
+    return event_log if directory is None else ArchivedLog(event_log, Archive(directory))
+
+
 async def _projector(backends: Backends, stop: asyncio.Event) -> None:
+    settings = backends.settings
     projector = Projector(
         backends.event_log,
         backends.database_url,
-        schema=backends.settings.database_schema,
+        schema=settings.database_schema,
         opener=backends.sealer,
-        dedup_retention=backends.settings.dedup_retention,
+        dedup_retention=settings.dedup_retention,
+        history=with_archive(backends.event_log, settings) if settings.log_limited else None,
     )
     await projector.run(stop)
 
 
 async def _chainer(backends: Backends, stop: asyncio.Event) -> None:
     """The audit chainer, when RELAYPUSH_AUDIT_SIGNING_KEY is set (docs/audit.md)."""
-    chainer = Chainer.from_settings(backends.event_log, backends.settings)
+    chainer = Chainer.from_settings(
+        with_archive(backends.event_log, backends.settings), backends.settings
+    )
     if chainer is not None:
         await chainer.run(stop)
+
+
+async def _retention(backends: Backends, stop: asyncio.Event) -> None:
+    """With stream limits: the archiver, and the keeper that carries state forward."""
+    settings = backends.settings
+    directory = settings.archive_directory
+    if not settings.log_limited or directory is None:
+        return
+    archiver = Archiver(
+        backends.event_log,
+        Archive(directory),
+        segment_events=settings.archive_segment_events,
+        segment_seconds=settings.archive_segment_seconds,
+    )
+    keeper = Keeper(
+        backends.event_log,
+        backends.database_url,
+        schema=settings.database_schema,
+        max_age=settings.log_max_age,
+        max_bytes=settings.log_max_bytes,
+    )
+    await asyncio.gather(archiver.run(stop), keeper.run(stop))
 
 
 async def _run(
@@ -400,7 +437,7 @@ async def serve(settings: Settings) -> None:
     ``RELAYPUSH_API_WORKERS`` says otherwise) and the dispatcher in processes of their own.
     All of them share their metrics: ``/metrics`` on the API reports every process."""
     with shared_between_processes():
-        await _run(settings, (_children, _projector, _chainer), database=True)
+        await _run(settings, (_children, _projector, _chainer, _retention), database=True)
 
 
 async def run_api(settings: Settings, *, worker: bool = False) -> None:
@@ -416,4 +453,4 @@ async def run_dispatcher(settings: Settings) -> None:
 
 
 async def run_projector(settings: Settings) -> None:
-    await _run(settings, (_projector, _chainer), database=True, metrics=True)
+    await _run(settings, (_projector, _chainer, _retention), database=True, metrics=True)

@@ -65,6 +65,9 @@ class WrappedLog:
             from_time=from_time,
         )
 
+    async def first_position(self) -> int:
+        return await self.inner.first_position()
+
     async def last_position(self) -> int:
         return await self.inner.last_position()
 

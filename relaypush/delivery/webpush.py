@@ -33,7 +33,6 @@ import httpx
 import structlog
 
 from relaypush.config import Settings
-from relaypush.delivery.fcm import retry_after
 from relaypush.delivery.outcomes import (
     Delivered,
     Outcome,
@@ -42,6 +41,7 @@ from relaypush.delivery.outcomes import (
     Target,
     TokenInvalid,
 )
+from relaypush.delivery.retry_after import retry_after
 from relaypush.delivery.vapid import VapidKey, key_from_settings
 from relaypush.delivery.webpush_ece import encrypt
 from relaypush.domain.events import NotificationAccepted

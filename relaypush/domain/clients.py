@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, assert_never
 
+import msgspec
+
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
 from relaypush.domain.events import (
     Cause,
+    ClientCarriedForward,
     ClientErased,
     ClientRegistered,
     ClientUnregistered,
@@ -41,6 +44,7 @@ __all__ = [
     "PushToClient",
     "RegisterClient",
     "UnregisterClient",
+    "carry_forward",
     "client_state",
     "decide_erase",
     "decide_push",
@@ -127,6 +131,17 @@ def client_state(last: ClientEvent | None, *, version: int) -> ClientState:
     if last is None:
         return ClientState(version=version)
     return evolve(NO_CLIENT, last, version=version)
+
+
+def carry_forward(
+    registered: ClientRegistered, position: int, *, event_id: str
+) -> ClientCarriedForward:
+    """The registration at ``position`` carried past the log's retention: the same fields (the
+    token still sealed as it was) and the same ``occurred_at``, so every reader folds it as that
+    registration."""
+    fields = msgspec.structs.asdict(registered)
+    fields.update(event_id=event_id, carried_position=position)
+    return ClientCarriedForward(**fields)
 
 
 def decide_register(

@@ -16,7 +16,9 @@ __all__ = [
     "EVENT_TYPES",
     "ApnsType",
     "AuditCheckpoint",
+    "CarriedCredential",
     "Cause",
+    "ClientCarriedForward",
     "ClientErased",
     "ClientRegistered",
     "ClientUnregistered",
@@ -32,6 +34,7 @@ __all__ = [
     "ProviderType",
     "RawMessage",
     "SealedFields",
+    "TenantCarriedForward",
     "TenantCreated",
     "TenantCredentialsChanged",
     "TenantCredentialsRemoved",
@@ -108,6 +111,16 @@ class ClientRegistered(Event, frozen=True, kw_only=True, tag="client.registered"
     token: str
     always_raw: bool = False
     sealed: SealedFields | None = None
+
+
+class ClientCarriedForward(
+    ClientRegistered, frozen=True, kw_only=True, tag="client.carried_forward"
+):
+    """A registration carried forward before the log's retention drops it: the same client,
+    type, token (sealed as it was) and options as the registration at ``carried_position``, and
+    its ``occurred_at``. Everything that reads registrations reads it as one; nothing changed."""
+
+    carried_position: int
 
 
 class ClientUnregistered(Event, frozen=True, kw_only=True, tag="client.unregistered"):
@@ -223,6 +236,32 @@ class TenantDeleted(Event, frozen=True, kw_only=True, tag="tenant.deleted"):
     pass
 
 
+class CarriedCredential(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a tenant's events say of one of its credentials (its public details only)."""
+
+    kind: CredentialKind
+    fingerprint: str
+    apns_topic: str | None = None
+    apns_type: ApnsType | None = None
+    fcm_project_id: str | None = None
+    vapid_public_key: str | None = None
+
+
+class TenantCarriedForward(Event, frozen=True, kw_only=True, tag="tenant.carried_forward"):
+    """A tenant's state as its events up to ``carried_position`` left it, appended before the
+    log's retention drops them; folding starts again from here. ``epoch`` is the position that
+    began the tenant's incarnation (its creation or deletion)."""
+
+    carried_position: int
+    exists: bool
+    deleted: bool = False
+    suspended: bool = False
+    suspended_reason: str | None = None
+    credentials: tuple[CarriedCredential, ...] = ()
+    epoch: int = 0
+    created_at: datetime | None = None
+
+
 AUDIT_TENANT = "$audit"
 """The ``tenant_id`` of audit events: not a valid tenant id, so no tenant's history holds them."""
 
@@ -246,7 +285,8 @@ class AuditCheckpoint(Event, frozen=True, kw_only=True, tag="audit.checkpoint"):
 
 
 AnyEvent = (
-    ClientRegistered
+    ClientCarriedForward
+    | ClientRegistered
     | ClientUnregistered
     | ClientErased
     | NotificationAccepted
@@ -261,11 +301,13 @@ AnyEvent = (
     | TenantSuspended
     | TenantUnsuspended
     | TenantDeleted
+    | TenantCarriedForward
     | AuditCheckpoint
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     ClientRegistered,
+    ClientCarriedForward,
     ClientUnregistered,
     ClientErased,
     NotificationAccepted,
@@ -280,6 +322,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TenantSuspended,
     TenantUnsuspended,
     TenantDeleted,
+    TenantCarriedForward,
     AuditCheckpoint,
 )
 

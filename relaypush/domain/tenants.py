@@ -28,10 +28,12 @@ from typing import Final, assert_never
 from relaypush.domain.errors import DomainError, FieldError, InvalidRequest
 from relaypush.domain.events import (
     ApnsType,
+    CarriedCredential,
     Cause,
     CredentialKind,
     Event,
     ProviderType,
+    TenantCarriedForward,
     TenantCreated,
     TenantCredentialsChanged,
     TenantCredentialsRemoved,
@@ -51,6 +53,7 @@ __all__ = [
     "TenantNotFound",
     "TenantState",
     "WebPushConfig",
+    "carry_forward",
     "configured_providers",
     "decide_create",
     "decide_credentials",
@@ -69,6 +72,7 @@ TenantEvent = (
     | TenantSuspended
     | TenantUnsuspended
     | TenantDeleted
+    | TenantCarriedForward
 )
 TENANT_EVENT_TYPES: Final = (
     TenantCreated,
@@ -77,6 +81,7 @@ TENANT_EVENT_TYPES: Final = (
     TenantSuspended,
     TenantUnsuspended,
     TenantDeleted,
+    TenantCarriedForward,
 )
 CREDENTIAL_KINDS: Final[tuple[CredentialKind, ...]] = ("apns", "fcm_v1", "webpush")
 
@@ -194,8 +199,77 @@ def evolve(state: TenantState, event: TenantEvent, *, position: int) -> TenantSt
             return replace(state, suspended=False, suspended_reason=None, version=position)
         case TenantDeleted():
             return TenantState(deleted=True, epoch=position, version=position)
+        case TenantCarriedForward():
+            return _carried_state(event, position)
         case _:
             assert_never(event)
+
+
+def _carried_state(event: TenantCarriedForward, position: int) -> TenantState:
+    carried = {c.kind: c for c in event.credentials}
+    a, f, w = carried.get("apns"), carried.get("fcm_v1"), carried.get("webpush")
+    return TenantState(
+        exists=event.exists,
+        deleted=event.deleted,
+        suspended=event.suspended,
+        suspended_reason=event.suspended_reason,
+        apns=ApnsConfig(a.fingerprint, a.apns_topic, a.apns_type) if a else None,
+        fcm=FcmConfig(f.fingerprint, f.fcm_project_id) if f else None,
+        webpush=WebPushConfig(w.fingerprint, w.vapid_public_key) if w else None,
+        epoch=event.epoch,
+        version=position,
+    )
+
+
+def carry_forward(
+    state: TenantState,
+    tenant_id: str,
+    *,
+    created_at: datetime | None,
+    event_id: str,
+    now: datetime,
+) -> TenantCarriedForward:
+    """The event that carries ``state`` (folded up to ``state.version``) past the log's
+    retention: folding from it gives ``state`` again."""
+    credentials: list[CarriedCredential] = []
+    if state.apns is not None:
+        credentials.append(
+            CarriedCredential(
+                kind="apns",
+                fingerprint=state.apns.fingerprint,
+                apns_topic=state.apns.topic,
+                apns_type=state.apns.type,
+            )
+        )
+    if state.fcm is not None:
+        credentials.append(
+            CarriedCredential(
+                kind="fcm_v1",
+                fingerprint=state.fcm.fingerprint,
+                fcm_project_id=state.fcm.project_id,
+            )
+        )
+    if state.webpush is not None:
+        credentials.append(
+            CarriedCredential(
+                kind="webpush",
+                fingerprint=state.webpush.fingerprint,
+                vapid_public_key=state.webpush.public_key,
+            )
+        )
+    return TenantCarriedForward(
+        event_id=event_id,
+        occurred_at=now,
+        tenant_id=tenant_id,
+        carried_position=state.version,
+        exists=state.exists,
+        deleted=state.deleted,
+        suspended=state.suspended,
+        suspended_reason=state.suspended_reason,
+        credentials=tuple(credentials),
+        epoch=state.epoch,
+        created_at=created_at,
+    )
 
 
 def fold(

@@ -624,6 +624,13 @@ async def test_events_naked_with_a_delay_count_against_max_ack_pending(
     await unbounded.close()
 
 
+async def test_first_position_is_the_oldest_event_kept(event_log: EventLog) -> None:
+    assert await event_log.first_position() == 0
+    for _ in range(3):
+        await event_log.append(("f",), b"")
+    assert await event_log.first_position() == 1
+
+
 # -- implementation specifics ------------------------------------------------------------------
 
 
@@ -652,6 +659,28 @@ async def test_jetstream_stream_configuration(nats_url: str, unique_name: str) -
     finally:
         await first._js.delete_stream(unique_name)
         await first.close()
+
+
+async def test_jetstream_limits_drop_the_oldest_events(nats_url: str, unique_name: str) -> None:
+    event_log = await JetStreamEventLog.connect(
+        nats_url, stream=unique_name, prefix=unique_name, max_bytes=4096
+    )
+    try:
+        for i in range(100):
+            await event_log.append(("x", str(i)), b"y" * 100)
+        first = await event_log.first_position()
+        assert first > 1
+        assert await event_log.last_position() == 100
+        assert next(e.position async for e in event_log.read()) == first
+        config = (await event_log._js.stream_info(unique_name)).config
+        assert (config.max_bytes, config.discard) == (4096, "old")
+        # the limits are lifted again by a process that has none
+        await event_log.ensure_stream()
+        config = (await event_log._js.stream_info(unique_name)).config
+        assert config.max_bytes == -1
+    finally:
+        await event_log._js.delete_stream(unique_name)
+        await event_log.close()
 
 
 async def test_jetstream_unreachable_server_is_unavailable() -> None:

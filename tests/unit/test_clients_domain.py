@@ -15,6 +15,7 @@ from relaypush.domain.clients import (
     PushToClient,
     RegisterClient,
     UnregisterClient,
+    carry_forward,
     client_state,
     decide_push,
     decide_register,
@@ -32,6 +33,9 @@ from relaypush.domain.events import (
     NotifyMessage,
     ProviderType,
     RawMessage,
+    SealedFields,
+    decode_event,
+    encode_event,
 )
 from relaypush.domain.streams import dedup_key
 
@@ -244,3 +248,23 @@ def test_duplicate_names_the_same_notification() -> None:
         accepted.dedup_key,
     )
     assert duplicate.cause == accepted.cause
+
+
+def test_a_carried_forward_registration_reads_as_that_registration() -> None:
+    sealed = SealedFields(key_id="k1", nonce=b"n" * 12, ciphertext=b"c")
+    original = ClientRegistered(
+        event_id="r",
+        occurred_at=NOW,
+        tenant_id=TENANT,
+        client_id=CLIENT,
+        provider="apns",
+        token="",
+        always_raw=True,
+        sealed=sealed,
+    )
+    carried = carry_forward(original, 17, event_id="k")
+    assert isinstance(carried, ClientRegistered)
+    assert (carried.event_id, carried.carried_position, carried.occurred_at) == ("k", 17, NOW)
+    assert client_state(carried, version=40) == client_state(original, version=40)
+    decoded = decode_event(encode_event(carried))
+    assert decoded == carried

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -30,8 +31,10 @@ from relaypush.domain.tenants import (
     ApnsConfig,
     CredentialChange,
     FcmConfig,
+    TenantEvent,
     TenantNotFound,
     TenantState,
+    carry_forward,
     configured_providers,
     decide_create,
     decide_credentials,
@@ -360,3 +363,54 @@ async def test_a_tenant_push_is_one_read_and_one_append_while_the_tenant_is_cach
     assert await service.push(T, "z6MkC", PUSH, request_id="r") == Accepted("m1")
     assert (log.reads - reads, log.lasts - lasts) == (0, 1)
     assert await log.last_position() == position + 1
+
+
+def test_a_carried_forward_tenant_folds_to_the_same_state() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    events: list[tuple[int, TenantEvent]] = [
+        (1, TenantCreated(event_id="a", occurred_at=now, tenant_id=T)),
+        (
+            4,
+            TenantCredentialsChanged(
+                event_id="b",
+                occurred_at=now,
+                tenant_id=T,
+                kind="apns",
+                fingerprint="fp-a",
+                apns_topic="com.x",
+                apns_type="token",
+            ),
+        ),
+        (
+            7,
+            TenantCredentialsChanged(
+                event_id="c",
+                occurred_at=now,
+                tenant_id=T,
+                kind="fcm_v1",
+                fingerprint="fp-f",
+                fcm_project_id="p",
+            ),
+        ),
+        (
+            8,
+            TenantCredentialsChanged(
+                event_id="d",
+                occurred_at=now,
+                tenant_id=T,
+                kind="webpush",
+                fingerprint="fp-w",
+                vapid_public_key="BPub",
+            ),
+        ),
+        (9, TenantSuspended(event_id="e", occurred_at=now, tenant_id=T, reason="fcm: 401")),
+    ]
+    state = fold(events)
+    carried = carry_forward(state, T, created_at=now, event_id="z", now=now)
+    assert carried.carried_position == 9
+    again = fold([(12, carried)])
+    assert again == replace(state, version=12)
+    assert fold([*events, (12, carried)]) == again
+    # folding goes on from it as from the original events
+    unsuspended = TenantUnsuspended(event_id="u", occurred_at=now, tenant_id=T)
+    assert fold([(12, carried), (13, unsuspended)]).suspended is False
