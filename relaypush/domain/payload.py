@@ -25,10 +25,11 @@ from relaypush.domain.ids import id_problem
 __all__ = [
     "AUTH",
     "CHAT",
+    "DEFAULT_MAX_TOKEN_BYTES",
     "ENCRYPTED",
     "MAX_FLAGS",
     "MAX_TAG",
-    "MAX_TOKEN_LENGTH",
+    "MAX_TOKEN_BYTES",
     "NOTIFY",
     "PROVIDER_TYPES",
     "SIGN",
@@ -37,6 +38,7 @@ __all__ = [
     "RegisterRequest",
     "decode_notify_blob",
     "flag_names",
+    "max_token_bytes",
     "parse_push",
     "parse_register",
     "raw_message_id",
@@ -52,8 +54,11 @@ NOTIFY: Final = 1 << 4
 MAX_FLAGS: Final = 2**32 - 1
 #: The relay's raw tags are a u32 as well.
 MAX_TAG: Final = 2**32 - 1
-#: Device tokens are a few hundred bytes at most (APNs 64 hex, FCM about 160).
-MAX_TOKEN_LENGTH: Final = 4096
+#: Longest device token, in bytes of UTF-8, for a type :data:`MAX_TOKEN_BYTES` does not list.
+#: APNs tokens are 64 hex digits and FCM tokens about 160 characters.
+DEFAULT_MAX_TOKEN_BYTES: Final = 512
+#: Longest device token per client type, where it differs from the default.
+MAX_TOKEN_BYTES: Final[dict[str, int]] = {}
 
 PROVIDER_TYPES: Final[dict[str, ProviderType]] = {
     "apns": "apns",
@@ -74,6 +79,13 @@ _KNOWN_MASK: Final = ENCRYPTED | SIGN | AUTH | CHAT | NOTIFY
 _NAMES_BY_BITS: Final = tuple(
     tuple(name for bit, name in _KNOWN_FLAGS if bits & bit) for bits in range(_KNOWN_MASK + 1)
 )
+
+
+def max_token_bytes(provider: str | None) -> int:
+    """The longest device token, in bytes of UTF-8, that a client of type ``provider`` may have."""
+    if provider is None:
+        return DEFAULT_MAX_TOKEN_BYTES
+    return MAX_TOKEN_BYTES.get(provider, DEFAULT_MAX_TOKEN_BYTES)
 
 
 def flag_names(flags: int) -> tuple[str, ...]:
@@ -220,8 +232,9 @@ def parse_register(body: bytes) -> RegisterRequest:
             )
 
     token = _string(obj, "token", "token", problems)
-    if token is not None and len(token) > MAX_TOKEN_LENGTH:
-        problems.append(FieldError("token", f"must be at most {MAX_TOKEN_LENGTH} characters"))
+    limit = max_token_bytes(provider)
+    if token is not None and (len(token) > limit or len(token.encode()) > limit):
+        problems.append(FieldError("token", f"must be at most {limit} bytes of UTF-8"))
 
     always_raw = obj.get("always_raw", False)
     if always_raw is None:
