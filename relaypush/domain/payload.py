@@ -33,14 +33,17 @@ __all__ = [
     "NOTIFY",
     "PROVIDER_TYPES",
     "SIGN",
+    "TOO_DEEP",
     "LegacyPush",
     "RawPush",
     "RegisterRequest",
     "decode_notify_blob",
+    "decode_object",
     "flag_names",
     "max_token_bytes",
     "parse_push",
     "parse_register",
+    "peek_object",
     "raw_message_id",
 ]
 
@@ -130,6 +133,9 @@ class RawPush:
 _decode_json: Final = msgspec.json.decode
 _notify_decoder: Final = msgspec.json.Decoder(NotifyMessage)
 
+#: Why JSON nested deeper than the decoder's recursion limit (under 1,000 levels) is refused.
+TOO_DEEP: Final = "is JSON nested too deeply (arrays or objects inside each other)"
+
 _MISSING: Final = object()
 _REQUIRED: Final = "is required"
 _NOT_STRING: Final = "must be a string"
@@ -137,13 +143,26 @@ _EMPTY: Final = "must not be empty"
 _NOT_UINT: Final = "must be a non-negative integer"
 
 
-def _decode_object(body: bytes) -> dict[str, Any]:
-    """``body`` as a JSON object, or ``InvalidRequest`` naming ``body``."""
+def peek_object(body: bytes) -> dict[str, Any] | None:
+    """``body`` as a JSON object, or None when it is not one (for reading a member before the
+    request is authenticated: the shape is refused later, naming the field)."""
+    try:
+        value = _decode_json(body)
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """``body`` as a JSON object, or ``InvalidRequest`` naming ``body`` (malformed JSON, invalid
+    UTF-8, nesting too deep for the decoder, or JSON that is not an object)."""
     try:
         value = _decode_json(body)
     except (msgspec.MsgspecError, ValueError) as exc:
         # ValueError: msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
         raise InvalidRequest(fields=(FieldError("body", f"is not valid JSON: {exc}"),)) from exc
+    except RecursionError:
+        raise InvalidRequest(fields=(FieldError("body", TOO_DEEP),)) from None
     if not isinstance(value, dict):
         raise InvalidRequest(fields=(FieldError("body", "must be a JSON object"),))
     return value
@@ -206,7 +225,7 @@ def parse_register(body: bytes) -> RegisterRequest:
 
     Raises ``InvalidRequest`` with one ``FieldError`` per bad field.
     """
-    obj = _decode_object(body)
+    obj = decode_object(body)
     problems: list[FieldError] = []
 
     client_id: str | None = None
@@ -259,7 +278,7 @@ def parse_push(body: bytes, *, always_raw: bool) -> LegacyPush | RawPush:
     ``payload``) sent to a legacy client, is refused naming that field. Raises
     ``InvalidRequest`` with one ``FieldError`` per bad field.
     """
-    obj = _decode_object(body)
+    obj = decode_object(body)
     if always_raw:
         if "payload" in obj:
             raise InvalidRequest(
@@ -422,4 +441,6 @@ def decode_notify_blob(blob: str) -> tuple[NotifyMessage, None] | tuple[None, st
         return None, f"is base64 of JSON that is not a Notify message: {exc}"
     except (msgspec.MsgspecError, ValueError) as exc:
         return None, f"is base64 of something that is not JSON: {exc}"
+    except RecursionError:
+        return None, f"is base64 of {TOO_DEEP.removeprefix('is ')}"
     return message, None

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, assert_never
 
-import msgspec
 from litestar import MediaType, Request, Response, delete, post
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
@@ -29,8 +28,9 @@ from relaypush.auth.relay_signature import (
 from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.errors import DomainError, ErrorInfo, FieldError, Unauthorized
 from relaypush.domain.ids import validate_id
-from relaypush.domain.payload import parse_register
+from relaypush.domain.payload import parse_register, peek_object
 from relaypush.http.envelope import OK_BODY, failed_body
+from relaypush.http.headers import credential_header, verified_token
 from relaypush.http.observe import request_id_of
 from relaypush.http.openapi import PUSH_OPERATION, REGISTER_OPERATION, failed, ok
 from relaypush.service import Accepted, Dropped, Duplicate, RelayService
@@ -85,17 +85,14 @@ def _client_of(request: AnyRequest) -> str:
 
 def _claimed_client_id(body: bytes) -> str:
     """The ``client_id`` a register body names, or ``""`` when it names none."""
-    try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.MsgspecError, ValueError):
-        return ""
-    value = obj.get("client_id") if isinstance(obj, dict) else None
+    obj = peek_object(body)
+    value = obj.get("client_id") if obj is not None else None
     return value if isinstance(value, str) else ""
 
 
 def _client_token(request: AnyRequest, relay: RelayContext) -> str | None:
     """The wallet's JWT when one is sent; refused when absent and client auth is required."""
-    token = request.headers.get("authorization")
+    token = credential_header(request.headers, AUTHORIZATION_HEADER)
     if token:
         return token
     if relay.require_client_auth:
@@ -110,7 +107,8 @@ async def register_client(
     body = await request.body()
     token = _client_token(request, relay)
     if token is not None:
-        verify_client_jwt(token, client_id=_claimed_client_id(body), audience=relay.audience)
+        claimed = _claimed_client_id(body)
+        verified_token(lambda: verify_client_jwt(token, client_id=claimed, audience=relay.audience))
     tenant_id = _tenant_of(request)
     registration = parse_register(body)
     await relay.service.register(tenant_id, registration, request_id=request_id_of(request.scope))
@@ -123,7 +121,8 @@ async def unregister_client(
     """Unregister a client; idempotent."""
     token = _client_token(request, relay)
     if token is not None:
-        verify_client_jwt(token, client_id=request.path_params["id"], audience=relay.audience)
+        claimed = request.path_params["id"]
+        verified_token(lambda: verify_client_jwt(token, client_id=claimed, audience=relay.audience))
     tenant_id = _tenant_of(request)
     client_id = _client_of(request)
     await relay.service.unregister(tenant_id, client_id, request_id=request_id_of(request.scope))
@@ -146,8 +145,9 @@ async def push_notification(
     verifier = relay.verifier
     signature: str | None = None
     if verifier is not None:
-        signature = request.headers.get(SIGNATURE_HEADER)
-        verifier.verify(signature, request.headers.get(TIMESTAMP_HEADER), body)
+        signature = credential_header(request.headers, SIGNATURE_HEADER)
+        timestamp = credential_header(request.headers, TIMESTAMP_HEADER)
+        verifier.verify(signature, timestamp, body)
         if relay.replay_guard is not None and signature is not None:
             await _claim_signature(relay.replay_guard, signature)
     tenant_id = _tenant_of(request)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import msgspec
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from google.oauth2 import service_account
@@ -309,8 +310,10 @@ class CredentialChecker:
         if len(document) > _MAX_SERVICE_ACCOUNT:
             raise _refuse([_fcm_field(f"over {_MAX_SERVICE_ACCOUNT} bytes: not a service account")])
         try:
-            info = json.loads(document)
-        except (ValueError, UnicodeDecodeError):
+            # msgspec, not json: it refuses invalid UTF-8 and lone surrogates (text that cannot
+            # be encoded again), and nesting too deep is a RecursionError from either
+            info = msgspec.json.decode(document)
+        except (msgspec.MsgspecError, ValueError, RecursionError):
             raise _refuse([_fcm_field("is not JSON: expected a service-account file")]) from None
         if not isinstance(info, dict):
             raise _refuse([_fcm_field("must be a JSON object: a service-account file")])
