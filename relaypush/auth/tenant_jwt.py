@@ -36,6 +36,7 @@ class TenantClaims(msgspec.Struct, frozen=True, kw_only=True):
 
     sub: str
     exp: float
+    iat: float | None = None
 
 
 def _signature(secret: str, signing_input: str) -> bytes:
@@ -75,7 +76,7 @@ def verify_tenant_jwt(
         raise refuse("JWT claim 'sub' must be the tenant id")
     if not hmac.compare_digest(sub.encode(), tenant_id.encode()):
         raise refuse("JWT claim 'sub' is another tenant: a tenant JWT opens its own tenant only")
-    return TenantClaims(sub=sub, exp=exp)
+    return TenantClaims(sub=sub, exp=exp, iat=seconds_claim(claims, "iat"))
 
 
 def make_tenant_jwt(secret: str, *, tenant_id: str, exp: float, iat: float | None = None) -> str:

@@ -33,6 +33,7 @@ from litestar.types import Guard
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
 from relaypush.domain.events import CredentialKind
 from relaypush.domain.ids import validate_id
+from relaypush.domain.payload import peek_object
 from relaypush.domain.tenants import RESERVED_TENANT_IDS
 from relaypush.http.auth import TenantAuthorizer
 from relaypush.http.envelope import failed_body
@@ -98,11 +99,8 @@ def _json(status: int, body: bytes) -> Response[bytes]:
 
 def _claimed_id(body: bytes) -> str:
     """The ``id`` a create body names, or ``""``: what a tenant JWT must be for."""
-    try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.MsgspecError, ValueError):
-        return ""
-    value = obj.get("id") if isinstance(obj, dict) else None
+    obj = peek_object(body)
+    value = obj.get("id") if obj is not None else None
     return value if isinstance(value, str) else ""
 
 
@@ -123,11 +121,8 @@ def _checked_id(value: object, location: str) -> str:
 
 
 def _parse_create(body: bytes) -> str:
-    try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.MsgspecError, ValueError):
-        obj = None
-    if not isinstance(obj, dict):
+    obj = peek_object(body)
+    if obj is None:
         raise InvalidRequest(fields=(FieldError("body", 'must be a JSON object {"id": ...}'),))
     if "id" not in obj:
         raise InvalidRequest(fields=(FieldError("id", "is required: the tenant's id"),))
@@ -169,9 +164,11 @@ async def create_tenant(
 ) -> Response[bytes]:
     """Create a tenant (upsert)."""
     body = await request.body()
-    tenants.auth.tenant(request.headers, _claimed_id(body))
+    caller = tenants.auth.caller(request.headers, _claimed_id(body))
     tenant_id = _parse_create(body)
-    url = await tenants.service.create(tenant_id, request_id=request_id_of(request.scope))
+    url = await tenants.service.create(
+        tenant_id, request_id=request_id_of(request.scope), caller=caller
+    )
     return _json(200, msgspec.json.encode(CreatedBody(url)))
 
 
