@@ -26,7 +26,7 @@ from relaypush.audit.history import DEFAULT_PAGE, HistoryPage, HistoryQuery, his
 from relaypush.audit.state import ClientSnapshot, client_state_at, parse_at, parse_time
 from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
-from relaypush.domain.ids import strip_did_key, validate_id
+from relaypush.domain.ids import IdKind, validate_id
 from relaypush.http.auth import TenantAuthorizer
 from relaypush.http.errors import error_response
 from relaypush.http.observe import request_id_of
@@ -94,16 +94,23 @@ def _int(request: AnyRequest, name: str, default: int) -> int:
         raise InvalidRequest(fields=(FieldError(name, "must be an integer", "query"),)) from None
 
 
+def _query_id(request: AnyRequest, name: str, kind: IdKind) -> str | None:
+    """The id in query parameter ``name``, None when absent or empty; 400 naming it if bad."""
+    value = request.query_params.get(name)
+    if not value:
+        return None
+    return validate_id(value, field=name, location="query", kind=kind)
+
+
 def _query(request: AnyRequest) -> HistoryQuery:
     params = request.query_params
-    client = params.get("client")
     since, until = params.get("since"), params.get("until")
     types = [t for value in params.getall("type", []) for t in value.split(",") if t]
     try:
         return HistoryQuery(
-            client=strip_did_key(client) if client else None,
-            notification=params.get("notification") or None,
-            tenant=params.get("tenant") or None,
+            client=_query_id(request, "client", "client"),
+            notification=_query_id(request, "notification", "message"),
+            tenant=_query_id(request, "tenant", "tenant"),
             since=parse_time(since, field="since") if since else None,
             until=parse_time(until, field="until") if until else None,
             types=frozenset(types),
@@ -119,11 +126,16 @@ def _json(body: msgspec.Struct) -> Response[bytes]:
 
 
 def admin_route_handlers(
-    *, event_log: EventLog, admin_token: str | None, service: RelayService | None = None
+    *,
+    event_log: EventLog,
+    admin_token: str | None,
+    service: RelayService | None = None,
+    rate_limit: Guard | None = None,
 ) -> Sequence[HTTPRouteHandler]:
-    """The admin routes over ``event_log``, guarded by ``admin_token``. With ``service``,
-    history and state open personal fields with its sealer, and clients can be erased."""
-    guard = admin_token_guard(admin_token)
+    """The admin routes over ``event_log``, guarded by ``admin_token`` (after ``rate_limit``,
+    when given, so that wrong tokens count too). With ``service``, history and state open
+    personal fields with its sealer, and clients can be erased."""
+    guards = [g for g in (rate_limit, admin_token_guard(admin_token)) if g is not None]
     sealer: Sealer | None = service.sealer if service is not None else None
 
     async def events(request: AnyRequest) -> Response[bytes]:
@@ -133,8 +145,10 @@ def admin_route_handlers(
 
     async def client_state(request: AnyRequest) -> Response[bytes]:
         """A client's state at ``at`` (a position or an ISO 8601 time; default now)."""
-        client_id = strip_did_key(request.path_params["id"])
-        tenant_id = request.query_params.get("tenant") or DEFAULT_TENANT
+        client_id = validate_id(
+            request.path_params["id"], field="id", location="path", kind="client"
+        )
+        tenant_id = _query_id(request, "tenant", "tenant") or DEFAULT_TENANT
         at_text = request.query_params.get("at")
         try:
             at = parse_at(at_text) if at_text else None
@@ -148,12 +162,7 @@ def admin_route_handlers(
         client_id = validate_id(
             request.path_params["id"], field="id", location="path", kind="client"
         )
-        tenant_id = validate_id(
-            request.query_params.get("tenant") or DEFAULT_TENANT,
-            field="tenant",
-            location="query",
-            kind="tenant",
-        )
+        tenant_id = _query_id(request, "tenant", "tenant") or DEFAULT_TENANT
         if service is None:
             raise ErasureNotConfigured("no relay service")
         request_id = request_id_of(request.scope)
@@ -182,7 +191,7 @@ def admin_route_handlers(
             "(repeatable or comma-separated tags); `after` is the cursor (a position) and "
             "`limit` the page size (1 to 1000, default 100). Device tokens are shown as "
             "fingerprints. `next_cursor` is null on the last page.",
-            guards=[guard],
+            guards=guards,
             tags=["admin"],
             responses={400: shape, 401: unauthorized},
         )(events),
@@ -194,7 +203,7 @@ def admin_route_handlers(
             "8601 time; default now) in `tenant` (default the default tenant): registered or "
             "not, provider, token fingerprint, notifications pending, delivered, failed and "
             "dropped.",
-            guards=[guard],
+            guards=guards,
             tags=["admin"],
             responses={400: shape, 401: unauthorized},
         )(client_state),
@@ -207,7 +216,7 @@ def admin_route_handlers(
             "the content of its notifications become unreadable in the log and the read "
             "tables, while the history still shows its events. Answers where `client.erased` "
             "landed and the ids of the keys destroyed.",
-            guards=[guard],
+            guards=guards,
             tags=["admin"],
             status_code=200,
             responses={400: shape, 401: unauthorized, 503: failed("Erasure is not configured")},

@@ -93,7 +93,10 @@ def create_app(
             *tenant_route_handlers(rate_limit=limiter.guard),
             *(
                 admin_route_handlers(
-                    event_log=event_log, admin_token=settings.admin_token, service=service
+                    event_log=event_log,
+                    admin_token=settings.admin_token,
+                    service=service,
+                    rate_limit=limiter.guard,
                 )
                 if event_log is not None
                 else ()
