@@ -148,10 +148,10 @@ async def test_lookalike_client_ids_are_separate_clients(stack: Stack) -> None:
         assert send.notification.message_id == client_id
 
     events = await all_events(stack.log)
-    registered = [e.client_id for e in events if isinstance(e, ClientRegistered)]
+    registrations = [e.client_id for e in events if isinstance(e, ClientRegistered)]
     unregistered = [e.client_id for e in events if isinstance(e, ClientUnregistered)]
     dropped = {e.client_id for e in events if isinstance(e, NotificationDropped)}
-    assert registered == LOOKALIKES
+    assert registrations == LOOKALIKES
     assert unregistered == ["a.*", "a.>", "*", ">"]
     assert dropped == gone
 

@@ -172,7 +172,7 @@ async def test_authorization_that_is_not_ascii_is_a_401_naming_it(
     body = {"client_id": "wallet-1", "type": "noop", "token": "t", "id": "acme"}
     async with env.client() as http:
         response = await http.request(
-            method, path, json=body if method == "POST" else None, headers={"authorization": value}
+            method, path, json=body if method == "POST" else None, headers={b"authorization": value}
         )
     assert envelope(response, 401) == [("Authorization", "header")]
 
@@ -184,7 +184,7 @@ async def test_a_jwt_claims_part_that_is_not_ascii_is_a_401() -> None:
     header, _, signature = good.split(".")
     token = f"Bearer {header}.\u00e9\u00e9.{signature}".encode("latin-1")
     async with env.client() as http:
-        response = await http.get("/tenants/acme", headers={"authorization": token})
+        response = await http.get("/tenants/acme", headers={b"authorization": token})
     assert envelope(response, 401) == [("Authorization", "header")]
 
 
@@ -192,7 +192,8 @@ async def test_a_jwt_claims_part_that_is_not_ascii_is_a_401() -> None:
 @pytest.mark.parametrize("value", NOT_ASCII)
 async def test_signature_headers_that_are_not_ascii_are_a_401(header: str, value: bytes) -> None:
     env = make_env(Settings(relay_public_key=RELAY_PUBLIC))
-    headers = {"x-ed25519-signature": b"ab" * 64, "x-ed25519-timestamp": b"1", header: value}
+    headers = {b"x-ed25519-signature": b"ab" * 64, b"x-ed25519-timestamp": b"1"}
+    headers[header.encode()] = value
     async with env.client() as http:
         response = await http.post("/clients/w", content=b"{}", headers=headers)
     assert (header.replace("x-ed25519", "X-Ed25519").title(), "header") in [
@@ -204,7 +205,7 @@ async def test_signature_headers_that_are_not_ascii_are_a_401(header: str, value
 async def test_forwarded_for_that_is_not_ascii_is_a_400_naming_it(value: bytes) -> None:
     env = make_env(Settings(trusted_proxies=("127.0.0.1",)))
     async with env.client() as http:
-        response = await http.delete("/clients/w", headers={"x-forwarded-for": value})
+        response = await http.delete("/clients/w", headers={b"x-forwarded-for": value})
     assert envelope(response, 400) == [("X-Forwarded-For", "header")]
 
 
@@ -232,8 +233,9 @@ async def test_any_content_type_is_never_a_500(
 ) -> None:
     async with env.client() as http:
         assert (await http.post("/tenants", json={"id": "acme"}, headers=ADMIN_AUTH)).is_success
+        headers = {b"authorization": ADMIN_AUTH["authorization"].encode()}
         response = await http.post(
-            path, content=body, headers={**ADMIN_AUTH, "content-type": content_type}
+            path, content=body, headers={**headers, b"content-type": content_type}
         )
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
