@@ -18,11 +18,18 @@ import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.types import Guard
 
 from eventstore import EventLog
 from relaypush.audit.errors import QueryError
-from relaypush.audit.history import DEFAULT_PAGE, HistoryPage, HistoryQuery, history_page
+from relaypush.audit.history import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    HistoryPage,
+    HistoryQuery,
+    history_page,
+)
 from relaypush.audit.state import ClientSnapshot, client_state_at, parse_at, parse_time
 from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
@@ -30,7 +37,16 @@ from relaypush.domain.ids import IdKind, validate_id
 from relaypush.http.auth import TenantAuthorizer
 from relaypush.http.errors import error_response
 from relaypush.http.observe import request_id_of
-from relaypush.http.openapi import failed
+from relaypush.http.openapi import (
+    CLIENT_ID,
+    CLIENT_IDS,
+    MESSAGE_ID,
+    TENANT_ID,
+    body,
+    documented,
+    failed,
+    query,
+)
 from relaypush.privacy import Sealer
 from relaypush.service import ErasureNotConfigured, RelayService
 
@@ -84,27 +100,36 @@ def _invalid(exc: QueryError) -> InvalidRequest:
     return InvalidRequest(fields=(FieldError(exc.field, exc.why, "query"),))
 
 
+def _one(request: AnyRequest, name: str) -> str | None:
+    """The value of query parameter ``name``, None when absent; 400 when given twice."""
+    values = request.query_params.getall(name, [])
+    if len(values) > 1:
+        raise InvalidRequest(fields=(FieldError(name, "must be given at most once", "query"),))
+    return values[0] if values else None
+
+
 def _int(request: AnyRequest, name: str, default: int) -> int:
-    value = request.query_params.get(name)
-    if value is None or value == "":
+    value = _one(request, name)
+    if value is None:
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(fields=(FieldError(name, "must be an integer", "query"),)) from None
+    digits = value.strip()
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 18:
+        why = "must be a non-negative integer of up to 18 digits"
+        raise InvalidRequest(fields=(FieldError(name, why, "query"),))
+    return int(digits)
 
 
 def _query_id(request: AnyRequest, name: str, kind: IdKind) -> str | None:
     """The id in query parameter ``name``, None when absent or empty; 400 naming it if bad."""
-    value = request.query_params.get(name)
-    if not value:
+    value = _one(request, name)
+    if value is None:
         return None
     return validate_id(value, field=name, location="query", kind=kind)
 
 
 def _query(request: AnyRequest) -> HistoryQuery:
     params = request.query_params
-    since, until = params.get("since"), params.get("until")
+    since, until = _one(request, "since"), _one(request, "until")
     types = [t for value in params.getall("type", []) for t in value.split(",") if t]
     try:
         return HistoryQuery(
@@ -149,7 +174,7 @@ def admin_route_handlers(
             request.path_params["id"], field="id", location="path", kind="client"
         )
         tenant_id = _query_id(request, "tenant", "tenant") or DEFAULT_TENANT
-        at_text = request.query_params.get("at")
+        at_text = _one(request, "at")
         try:
             at = parse_at(at_text) if at_text else None
         except QueryError as exc:
@@ -181,6 +206,32 @@ def admin_route_handlers(
 
     unauthorized = failed("No admin token, or not the configured one")
     shape = failed("A bad parameter; `fields` names it")
+    no_route = failed("No such route (an id holding '/' makes another path)")
+    limited = failed("Over the per-address rate limit; see `Retry-After`")
+    unavailable = failed("The event log is unreachable; retry")
+    tenant = query("tenant", TENANT_ID, "The tenant (default: the default tenant)")
+    text = Schema(type=OpenAPIType.STRING)
+    events_operation = documented(
+        queries=[
+            query("client", CLIENT_ID, "Only this client's events"),
+            query("notification", MESSAGE_ID, "Only this relay message id's events"),
+            query("tenant", TENANT_ID, "Only this tenant's events"),
+            query("since", text, "Recorded at or after this ISO 8601 time"),
+            query("until", text, "Recorded at or before this ISO 8601 time"),
+            query("type", text, "Event tags, comma-separated or repeated"),
+            query("after", Schema(type=OpenAPIType.INTEGER, minimum=0), "The cursor"),
+            query(
+                "limit",
+                Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=MAX_PAGE),
+                f"Page size (default {DEFAULT_PAGE})",
+            ),
+        ]
+    )
+    state_operation = documented(
+        ids=CLIENT_IDS,
+        queries=[tenant, query("at", text, "A log position, or an ISO 8601 time (default now)")],
+    )
+    erase_operation = documented(ids=CLIENT_IDS, queries=[tenant])
     return [
         get(
             "/admin/events",
@@ -192,8 +243,15 @@ def admin_route_handlers(
             "`limit` the page size (1 to 1000, default 100). Device tokens are shown as "
             "fingerprints. `next_cursor` is null on the last page.",
             guards=guards,
+            operation_class=events_operation,
             tags=["admin"],
-            responses={400: shape, 401: unauthorized},
+            responses={
+                200: body(EventsBody, "A page of history"),
+                400: shape,
+                401: unauthorized,
+                429: limited,
+                503: unavailable,
+            },
         )(events),
         get(
             "/admin/clients/{id:str}/state",
@@ -205,7 +263,15 @@ def admin_route_handlers(
             "dropped.",
             guards=guards,
             tags=["admin"],
-            responses={400: shape, 401: unauthorized},
+            operation_class=state_operation,
+            responses={
+                200: body(StateBody, "The client's state"),
+                400: shape,
+                401: unauthorized,
+                404: no_route,
+                429: limited,
+                503: unavailable,
+            },
         )(client_state),
         post(
             "/admin/clients/{id:str}/erase",
@@ -219,6 +285,14 @@ def admin_route_handlers(
             guards=guards,
             tags=["admin"],
             status_code=200,
-            responses={400: shape, 401: unauthorized, 503: failed("Erasure is not configured")},
+            operation_class=erase_operation,
+            responses={
+                200: body(EraseBody, "Erased"),
+                400: shape,
+                401: unauthorized,
+                404: no_route,
+                429: limited,
+                503: failed("Erasure is not configured, or the event log is unreachable"),
+            },
         )(erase),
     ]

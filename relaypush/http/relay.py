@@ -32,7 +32,14 @@ from relaypush.domain.payload import parse_register, peek_object
 from relaypush.http.envelope import OK_BODY, failed_body
 from relaypush.http.headers import credential_header, verified_token
 from relaypush.http.observe import request_id_of
-from relaypush.http.openapi import PUSH_OPERATION, REGISTER_OPERATION, failed, ok
+from relaypush.http.openapi import (
+    CLIENT_IDS,
+    PUSH_OPERATION,
+    REGISTER_OPERATION,
+    documented,
+    failed,
+    ok,
+)
 from relaypush.service import Accepted, Dropped, Duplicate, RelayService
 
 __all__ = ["RelayContext", "relay_route_handlers"]
@@ -185,6 +192,7 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
     too_large = failed("Body over the size limit")
     limited = failed("Over the per-address rate limit; see `Retry-After`")
     unavailable = failed("The event log is unreachable; see `Retry-After`. Safe to repeat")
+    no_route = failed("No such route (an id holding '/' makes another path)")
     return [
         post(
             CLIENTS_PATHS,
@@ -201,6 +209,7 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
                 200: ok("Registered"),
                 400: shape,
                 401: unauthorized,
+                404: no_route,
                 413: too_large,
                 429: limited,
                 503: unavailable,
@@ -214,11 +223,14 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             "the client was registered.",
             status_code=200,
             guards=[rate_limit],
+            operation_class=documented(ids=CLIENT_IDS),
             tags=["clients"],
             responses={
                 200: ok("Unregistered, or was not registered"),
                 400: shape,
                 401: unauthorized,
+                404: no_route,
+                413: too_large,
                 429: limited,
                 503: unavailable,
             },
@@ -240,6 +252,7 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
                 200: ok("Duplicate: already accepted, nothing is sent again"),
                 400: shape,
                 401: unauthorized,
+                404: no_route,
                 413: too_large,
                 503: unavailable,
             },
