@@ -5,7 +5,7 @@ them further in (relay signatures, JWTs, addresses) expects ASCII text and could
 anything else with a 500. The headers are therefore read here:
 
     Authorization, X-Ed25519-Signature, X-Ed25519-Timestamp    401 naming the header
-    X-Forwarded-For (read by the rate limit)                   400 naming the header
+    X-Forwarded-For (read by the rate limit, with printable_ascii)  400 naming the header
 
 A value is accepted when every character is printable ASCII (space to ``~``) or a tab.
 """
@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Final, TypeVar
 
-from relaypush.domain.errors import FieldError, InvalidRequest, Unauthorized
+from relaypush.domain.errors import FieldError, Unauthorized
 
-__all__ = ["credential_header", "plain_header", "printable_ascii", "verified_token"]
+__all__ = ["credential_header", "printable_ascii", "verified_token"]
 
 T = TypeVar("T")
 
@@ -37,15 +37,6 @@ def credential_header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name.lower())
     if value is not None and not printable_ascii(value):
         raise Unauthorized(fields=(FieldError(name, _NOT_ASCII, "header"),))
-    return value
-
-
-def plain_header(headers: Mapping[str, str], name: str) -> str | None:
-    """The value of any other header, None when absent; ``InvalidRequest`` naming it when it
-    is not printable ASCII."""
-    value = headers.get(name.lower())
-    if value is not None and not printable_ascii(value):
-        raise InvalidRequest(fields=(FieldError(name, _NOT_ASCII, "header"),))
     return value
 
 

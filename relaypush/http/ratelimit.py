@@ -12,8 +12,8 @@ it gains nothing); IPv4 clients, and IPv4 addresses mapped into IPv6, by their a
 that refilled completely are forgotten when the table grows, so memory stays bounded by the
 recently active addresses.
 
-uvicorn's own reading of ``X-Forwarded-For`` is off (``proxy_headers=False``, see
-:func:`relaypush.http.serving.uvicorn_config`), so the peer seen here is always the real one and
+uvicorn's own reading of ``X-Forwarded-For`` is off (``proxy_headers=False`` where
+:mod:`relaypush.runtime` starts it), so the peer seen here is always the real one and
 ``RELAYPUSH_TRUSTED_PROXIES`` alone decides whom to believe.
 """
 
