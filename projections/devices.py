@@ -25,8 +25,8 @@ from psycopg import sql
 
 from projections.batch import Batch, recordset
 from relaypush.domain.events import (
-    ClientErased,
     ClientCarriedForward,
+    ClientErased,
     ClientRegistered,
     ClientUnregistered,
     Event,

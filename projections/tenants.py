@@ -96,6 +96,13 @@ def plan(batch: Batch) -> list[TenantUpsert]:
     return [TenantUpsert(tenant_id, values) for tenant_id, values in merged.items()]
 
 
+def _text(value: object) -> object:
+    """``value`` as PostgreSQL can store it: text cannot hold NUL, so a NUL becomes U+FFFD (the
+    same on every replay, as :func:`projections.batch.recordset` does for the other tables)
+    rather than failing the batch, and with it the projection, forever."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
 @cache
 def _upsert_sql(schema: str, names: tuple[str, ...]) -> sql.Composed:
     targets = [sql.Identifier(name) for name in names]
@@ -115,6 +122,6 @@ async def apply(cur: psycopg.AsyncCursor[Any], schema: str, batch: Batch) -> Non
     groups: defaultdict[tuple[str, ...], list[tuple[object, ...]]] = defaultdict(list)
     for upsert in plan(batch):
         names = tuple(sorted(upsert.values))
-        groups[names].append((upsert.tenant_id, *(upsert.values[n] for n in names)))
+        groups[names].append((_text(upsert.tenant_id), *(_text(upsert.values[n]) for n in names)))
     for names, rows in groups.items():
         await cur.executemany(_upsert_sql(schema, names), rows)

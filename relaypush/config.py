@@ -15,6 +15,8 @@ from typing import Literal
 
 import msgspec
 
+from relaypush.auth.relay_signature import relay_key_problem
+
 __all__ = [
     "DEFAULT_TENANT",
     "DEFAULT_WEBPUSH_HOSTS",
@@ -193,6 +195,16 @@ def load_settings(
             tuple(v.strip() for v in value.split(",") if v.strip()) if name in _TUPLES else value
         )
     try:
-        return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
+        settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
+    _check_keys(settings)
+    return settings
+
+
+def _check_keys(settings: Settings) -> None:
+    """Refuse a relay key nobody can sign with (all zeros, small order, not a point)."""
+    if settings.relay_public_key is not None:
+        problem = relay_key_problem(settings.relay_public_key)
+        if problem is not None:
+            raise ConfigError(f"RELAYPUSH_RELAY_PUBLIC_KEY: {problem}")

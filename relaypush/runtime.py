@@ -281,6 +281,8 @@ async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False)
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            # X-Forwarded-For is read by the rate limit alone, trusting RELAYPUSH_TRUSTED_PROXIES
+            proxy_headers=False,
         )
         server = _Server(config)
         sock = _listen(settings.host, settings.port, reuse_port=shared)

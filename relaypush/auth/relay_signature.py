@@ -18,6 +18,7 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from relaypush.auth.public_keys import ed25519_key_problem
 from relaypush.domain.errors import FieldError, Unauthorized
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "TIMESTAMP_HEADER",
     "RelaySignatureVerifier",
     "make_relay_signature",
+    "relay_key_problem",
     "signed_message",
 ]
 
@@ -33,6 +35,17 @@ TIMESTAMP_HEADER: Final = "X-Ed25519-Timestamp"
 
 _SIGNATURE_HEX: Final = re.compile(r"[0-9A-Fa-f]{128}")
 _TIMESTAMP: Final = re.compile(r"[0-9]{1,15}")
+
+
+def relay_key_problem(public_key_hex: str) -> str | None:
+    """None when ``public_key_hex`` is a usable Ed25519 public key in hex, else what is wrong:
+    not hex, not 32 bytes, not a point, or a weak (small-order) point such as all zeros."""
+    try:
+        raw = bytes.fromhex(public_key_hex.strip())
+    except ValueError:
+        return "the relay public key must be hexadecimal"
+    problem = ed25519_key_problem(raw)
+    return None if problem is None else f"the relay public key is unusable: {problem}"
 
 
 def signed_message(timestamp: str, body: bytes) -> bytes:
@@ -55,12 +68,10 @@ class RelaySignatureVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``public_key_hex``: the relay's 32-byte Ed25519 key as hex; else ``ValueError``."""
-        try:
-            raw = bytes.fromhex(public_key_hex.strip())
-        except ValueError as exc:
-            raise ValueError("the relay public key must be hexadecimal") from exc
-        if len(raw) != 32:
-            raise ValueError(f"the relay public key must be 32 bytes, got {len(raw)}")
+        problem = relay_key_problem(public_key_hex)
+        if problem is not None:
+            raise ValueError(problem)
+        raw = bytes.fromhex(public_key_hex.strip())
         if max_age <= 0:
             raise ValueError("max_age must be positive")
         self._key = Ed25519PublicKey.from_public_bytes(raw)

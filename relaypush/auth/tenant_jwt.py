@@ -30,6 +30,7 @@ class TenantClaims(msgspec.Struct, frozen=True, kw_only=True):
 
     sub: str
     exp: float
+    iat: float | None = None
 
 
 def _check_secret(secret: str) -> None:
@@ -73,7 +74,7 @@ def verify_tenant_jwt(
     # surrogatepass: a JSON escape may carry a lone surrogate, which plain UTF-8 cannot encode
     if not hmac.compare_digest(sub.encode("utf-8", "surrogatepass"), tenant_id.encode()):
         raise refuse("JWT claim 'sub' is another tenant: a tenant JWT opens its own tenant only")
-    return TenantClaims(sub=sub, exp=exp)
+    return TenantClaims(sub=sub, exp=exp, iat=seconds_claim(claims, "iat"))
 
 
 def make_tenant_jwt(secret: str, *, tenant_id: str, exp: float, iat: float | None = None) -> str:

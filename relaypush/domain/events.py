@@ -260,6 +260,7 @@ class TenantCarriedForward(Event, frozen=True, kw_only=True, tag="tenant.carried
     credentials: tuple[CarriedCredential, ...] = ()
     epoch: int = 0
     created_at: datetime | None = None
+    deleted_at: datetime | None = None
 
 
 AUDIT_TENANT = "$audit"

@@ -22,25 +22,31 @@ import msgspec
 from relaypush.domain.errors import FieldError, InvalidRequest
 from relaypush.domain.events import NotifyMessage, ProviderType
 from relaypush.domain.ids import id_problem
+from relaypush.domain.webpush import MAX_SUBSCRIPTION_LENGTH
 from relaypush.domain.webpush import token_problems as webpush_token_problems
 
 __all__ = [
     "AUTH",
     "CHAT",
+    "DEFAULT_MAX_TOKEN_BYTES",
     "ENCRYPTED",
     "MAX_FLAGS",
     "MAX_TAG",
-    "MAX_TOKEN_LENGTH",
+    "MAX_TOKEN_BYTES",
     "NOTIFY",
     "PROVIDER_TYPES",
     "SIGN",
+    "TOO_DEEP",
     "LegacyPush",
     "RawPush",
     "RegisterRequest",
     "decode_notify_blob",
+    "decode_object",
     "flag_names",
+    "max_token_bytes",
     "parse_push",
     "parse_register",
+    "peek_object",
     "raw_message_id",
 ]
 
@@ -54,8 +60,11 @@ NOTIFY: Final = 1 << 4
 MAX_FLAGS: Final = 2**32 - 1
 #: The relay's raw tags are a u32 as well.
 MAX_TAG: Final = 2**32 - 1
-#: Device tokens are a few hundred bytes at most (APNs 64 hex, FCM about 160).
-MAX_TOKEN_LENGTH: Final = 4096
+#: Longest device token, in bytes of UTF-8, for a type :data:`MAX_TOKEN_BYTES` does not list.
+#: APNs tokens are 64 hex digits and FCM tokens about 160 characters.
+DEFAULT_MAX_TOKEN_BYTES: Final = 512
+#: Longest device token per client type, where it differs from the default.
+MAX_TOKEN_BYTES: Final[dict[str, int]] = {"webpush": MAX_SUBSCRIPTION_LENGTH}
 
 PROVIDER_TYPES: Final[dict[str, ProviderType]] = {
     "apns": "apns",
@@ -77,6 +86,13 @@ _KNOWN_MASK: Final = ENCRYPTED | SIGN | AUTH | CHAT | NOTIFY
 _NAMES_BY_BITS: Final = tuple(
     tuple(name for bit, name in _KNOWN_FLAGS if bits & bit) for bits in range(_KNOWN_MASK + 1)
 )
+
+
+def max_token_bytes(provider: str | None) -> int:
+    """The longest device token, in bytes of UTF-8, that a client of type ``provider`` may have."""
+    if provider is None:
+        return DEFAULT_MAX_TOKEN_BYTES
+    return MAX_TOKEN_BYTES.get(provider, DEFAULT_MAX_TOKEN_BYTES)
 
 
 def flag_names(flags: int) -> tuple[str, ...]:
@@ -121,6 +137,9 @@ class RawPush:
 _decode_json: Final = msgspec.json.decode
 _notify_decoder: Final = msgspec.json.Decoder(NotifyMessage)
 
+#: Why JSON nested deeper than the decoder's recursion limit (under 1,000 levels) is refused.
+TOO_DEEP: Final = "is JSON nested too deeply (arrays or objects inside each other)"
+
 _MISSING: Final = object()
 _REQUIRED: Final = "is required"
 _NOT_STRING: Final = "must be a string"
@@ -128,13 +147,26 @@ _EMPTY: Final = "must not be empty"
 _NOT_UINT: Final = "must be a non-negative integer"
 
 
-def _decode_object(body: bytes) -> dict[str, Any]:
-    """``body`` as a JSON object, or ``InvalidRequest`` naming ``body``."""
+def peek_object(body: bytes) -> dict[str, Any] | None:
+    """``body`` as a JSON object, or None when it is not one (for reading a member before the
+    request is authenticated: the shape is refused later, naming the field)."""
+    try:
+        value = _decode_json(body)
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """``body`` as a JSON object, or ``InvalidRequest`` naming ``body`` (malformed JSON, invalid
+    UTF-8, nesting too deep for the decoder, or JSON that is not an object)."""
     try:
         value = _decode_json(body)
     except (msgspec.MsgspecError, ValueError) as exc:
         # ValueError: msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
         raise InvalidRequest(fields=(FieldError("body", f"is not valid JSON: {exc}"),)) from exc
+    except RecursionError:
+        raise InvalidRequest(fields=(FieldError("body", TOO_DEEP),)) from None
     if not isinstance(value, dict):
         raise InvalidRequest(fields=(FieldError("body", "must be a JSON object"),))
     return value
@@ -203,7 +235,7 @@ def parse_register(body: bytes, *, webpush_hosts: Iterable[str] = ()) -> Registe
     (:mod:`relaypush.domain.webpush`). Raises ``InvalidRequest`` with one ``FieldError`` per
     bad field.
     """
-    obj = _decode_object(body)
+    obj = decode_object(body)
     problems: list[FieldError] = []
 
     client_id: str | None = None
@@ -229,8 +261,9 @@ def parse_register(body: bytes, *, webpush_hosts: Iterable[str] = ()) -> Registe
             )
 
     token = _string(obj, "token", "token", problems)
-    if token is not None and len(token) > MAX_TOKEN_LENGTH:
-        problems.append(FieldError("token", f"must be at most {MAX_TOKEN_LENGTH} characters"))
+    limit = max_token_bytes(provider)
+    if token is not None and (len(token) > limit or len(token.encode()) > limit):
+        problems.append(FieldError("token", f"must be at most {limit} bytes of UTF-8"))
 
     always_raw = obj.get("always_raw", False)
     if always_raw is None:
@@ -258,7 +291,7 @@ def parse_push(body: bytes, *, always_raw: bool) -> LegacyPush | RawPush:
     ``payload``) sent to a legacy client, is refused naming that field. Raises
     ``InvalidRequest`` with one ``FieldError`` per bad field.
     """
-    obj = _decode_object(body)
+    obj = decode_object(body)
     if always_raw:
         if "payload" in obj:
             raise InvalidRequest(
@@ -421,4 +454,6 @@ def decode_notify_blob(blob: str) -> tuple[NotifyMessage, None] | tuple[None, st
         return None, f"is base64 of JSON that is not a Notify message: {exc}"
     except (msgspec.MsgspecError, ValueError) as exc:
         return None, f"is base64 of something that is not JSON: {exc}"
+    except RecursionError:
+        return None, f"is base64 of {TOO_DEEP.removeprefix('is ')}"
     return message, None

@@ -28,7 +28,7 @@ acceptance time instead, so the relay learns of it (400) rather than the message
 from __future__ import annotations
 
 import uuid
-from typing import Final
+from typing import Final, NoReturn
 
 import msgspec
 
@@ -144,20 +144,33 @@ def check_payload_size(n: NotificationAccepted, provider: ProviderType) -> None:
 
     APNs (and noop) measure the APNs body; FCM measures the message without the device token;
     Web Push measures the encrypted record (the message and :data:`WEBPUSH_RECORD_OVERHEAD`).
+    All are measured as the providers' clients encode them (compact JSON, UTF-8, escapes
+    included), so whatever makes up the size, nothing larger reaches a provider. A cleartext
+    blob is bounded by the limit too, whatever the client's provider: FCM carries it whole, and
+    the notification goes to the provider the client is registered with when it is sent.
     Raises ``InvalidRequest`` with error ``payload_too_large`` and a field naming the payload
-    (``payload`` for legacy pushes, ``message`` for raw ones).
+    (``payload`` for legacy pushes, ``payload.blob`` for a cleartext blob, ``message`` for raw
+    ones).
     """
+    if n.raw is None and n.notify is not None and not n.encrypted:
+        blob = len(_blob(n).encode())
+        if blob > MAX_PROVIDER_PAYLOAD:
+            _too_large(f"the cleartext blob is {blob} bytes", "payload.blob")
     if provider == "fcm":
         size = fcm_data_size(n)
     elif provider == "webpush":
         size = len(webpush_message(n)) + WEBPUSH_RECORD_OVERHEAD
     else:
         size = len(apns_body(n))
-    if size <= MAX_PROVIDER_PAYLOAD:
-        return
-    what = f"the {provider} payload would be {size} bytes, over the limit of "
-    what += f"{MAX_PROVIDER_PAYLOAD} bytes"
-    field = "message" if n.raw is not None else "payload"
+    if size > MAX_PROVIDER_PAYLOAD:
+        _too_large(
+            f"the {provider} payload would be {size} bytes",
+            "message" if n.raw is not None else "payload",
+        )
+
+
+def _too_large(what: str, field: str) -> NoReturn:
+    what += f", over the limit of {MAX_PROVIDER_PAYLOAD} bytes"
     raise InvalidRequest(
         fields=(FieldError(field, what),), errors=(ErrorInfo("payload_too_large", what),)
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, assert_never
 
-from relaypush.domain.errors import DomainError, FieldError, InvalidRequest
+from relaypush.domain.errors import DomainError, FieldError, InvalidRequest, Unauthorized
 from relaypush.domain.events import (
     ApnsType,
     CarriedCredential,
@@ -43,10 +43,12 @@ from relaypush.domain.events import (
 )
 
 __all__ = [
+    "ADMIN",
     "CREDENTIAL_KINDS",
     "RESERVED_TENANT_IDS",
     "TENANT_EVENT_TYPES",
     "ApnsConfig",
+    "Caller",
     "CredentialChange",
     "FcmConfig",
     "TenantEvent",
@@ -138,6 +140,8 @@ class TenantState:
 
     exists: bool = False
     deleted: bool = False
+    #: when the tenant was deleted, while it is
+    deleted_at: datetime | None = None
     suspended: bool = False
     suspended_reason: str | None = None
     apns: ApnsConfig | None = None
@@ -198,7 +202,9 @@ def evolve(state: TenantState, event: TenantEvent, *, position: int) -> TenantSt
         case TenantUnsuspended():
             return replace(state, suspended=False, suspended_reason=None, version=position)
         case TenantDeleted():
-            return TenantState(deleted=True, epoch=position, version=position)
+            return TenantState(
+                deleted=True, deleted_at=event.occurred_at, epoch=position, version=position
+            )
         case TenantCarriedForward():
             return _carried_state(event, position)
         case _:
@@ -211,6 +217,7 @@ def _carried_state(event: TenantCarriedForward, position: int) -> TenantState:
     return TenantState(
         exists=event.exists,
         deleted=event.deleted,
+        deleted_at=event.deleted_at,
         suspended=event.suspended,
         suspended_reason=event.suspended_reason,
         apns=ApnsConfig(a.fingerprint, a.apns_topic, a.apns_type) if a else None,
@@ -269,6 +276,7 @@ def carry_forward(
         credentials=tuple(credentials),
         epoch=state.epoch,
         created_at=created_at,
+        deleted_at=state.deleted_at,
     )
 
 
@@ -309,12 +317,50 @@ def _cause(request_id: str | None) -> Cause:
     return Cause(request_id=request_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks for a tenant change: the operator (the admin token), or the tenant itself with
+    a JWT issued at ``issued_at`` (None: the JWT has no ``iat``)."""
+
+    admin: bool
+    issued_at: datetime | None = None
+
+
+ADMIN: Final = Caller(admin=True)
+
+
 def decide_create(
-    state: TenantState, tenant_id: str, *, event_id: str, now: datetime, request_id: str | None
+    state: TenantState,
+    tenant_id: str,
+    *,
+    event_id: str,
+    now: datetime,
+    request_id: str | None,
+    caller: Caller = ADMIN,
 ) -> TenantCreated | None:
-    """Create the tenant; None when it already exists (creating is an upsert)."""
+    """Create the tenant; None when it already exists (creating is an upsert).
+
+    A deleted tenant is created again by the admin, or by a tenant JWT issued after the
+    deletion; a JWT issued before it (or without ``iat``) raises ``Unauthorized``, so that
+    deleting a tenant also revokes the tokens that were handed out for it.
+    """
     if state.exists:
         return None
+    if state.deleted and not caller.admin:
+        deleted_at = state.deleted_at
+        issued_at = caller.issued_at
+        if issued_at is None or (deleted_at is not None and issued_at <= deleted_at):
+            when = f"at {issued_at.isoformat()}" if issued_at is not None else "without 'iat'"
+            raise Unauthorized(
+                fields=(
+                    FieldError(
+                        "Authorization",
+                        f"the tenant was deleted and this JWT was issued {when}, not after the "
+                        "deletion: only the admin token or a JWT issued since may create it again",
+                        "header",
+                    ),
+                )
+            )
     return TenantCreated(
         event_id=event_id, occurred_at=now, tenant_id=tenant_id, cause=_cause(request_id)
     )

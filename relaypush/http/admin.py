@@ -18,19 +18,35 @@ import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.types import Guard
 
 from eventstore import EventLog
 from relaypush.audit.errors import QueryError
-from relaypush.audit.history import DEFAULT_PAGE, HistoryPage, HistoryQuery, history_page
+from relaypush.audit.history import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    HistoryPage,
+    HistoryQuery,
+    history_page,
+)
 from relaypush.audit.state import ClientSnapshot, client_state_at, parse_at, parse_time
 from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
-from relaypush.domain.ids import strip_did_key, validate_id
+from relaypush.domain.ids import IdKind, validate_id
 from relaypush.http.auth import TenantAuthorizer
 from relaypush.http.errors import error_response
 from relaypush.http.observe import request_id_of
-from relaypush.http.openapi import failed
+from relaypush.http.openapi import (
+    CLIENT_ID,
+    CLIENT_IDS,
+    MESSAGE_ID,
+    TENANT_ID,
+    body,
+    documented,
+    failed,
+    query,
+)
 from relaypush.privacy import Sealer
 from relaypush.service import ErasureNotConfigured, RelayService
 
@@ -84,26 +100,42 @@ def _invalid(exc: QueryError) -> InvalidRequest:
     return InvalidRequest(fields=(FieldError(exc.field, exc.why, "query"),))
 
 
+def _one(request: AnyRequest, name: str) -> str | None:
+    """The value of query parameter ``name``, None when absent; 400 when given twice."""
+    values = request.query_params.getall(name, [])
+    if len(values) > 1:
+        raise InvalidRequest(fields=(FieldError(name, "must be given at most once", "query"),))
+    return values[0] if values else None
+
+
 def _int(request: AnyRequest, name: str, default: int) -> int:
-    value = request.query_params.get(name)
-    if value is None or value == "":
+    value = _one(request, name)
+    if value is None:
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(fields=(FieldError(name, "must be an integer", "query"),)) from None
+    digits = value.strip()
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 18:
+        why = "must be a non-negative integer of up to 18 digits"
+        raise InvalidRequest(fields=(FieldError(name, why, "query"),))
+    return int(digits)
+
+
+def _query_id(request: AnyRequest, name: str, kind: IdKind) -> str | None:
+    """The id in query parameter ``name``, None when absent or empty; 400 naming it if bad."""
+    value = _one(request, name)
+    if value is None:
+        return None
+    return validate_id(value, field=name, location="query", kind=kind)
 
 
 def _query(request: AnyRequest) -> HistoryQuery:
     params = request.query_params
-    client = params.get("client")
-    since, until = params.get("since"), params.get("until")
+    since, until = _one(request, "since"), _one(request, "until")
     types = [t for value in params.getall("type", []) for t in value.split(",") if t]
     try:
         return HistoryQuery(
-            client=strip_did_key(client) if client else None,
-            notification=params.get("notification") or None,
-            tenant=params.get("tenant") or None,
+            client=_query_id(request, "client", "client"),
+            notification=_query_id(request, "notification", "message"),
+            tenant=_query_id(request, "tenant", "tenant"),
             since=parse_time(since, field="since") if since else None,
             until=parse_time(until, field="until") if until else None,
             types=frozenset(types),
@@ -119,11 +151,16 @@ def _json(body: msgspec.Struct) -> Response[bytes]:
 
 
 def admin_route_handlers(
-    *, event_log: EventLog, admin_token: str | None, service: RelayService | None = None
+    *,
+    event_log: EventLog,
+    admin_token: str | None,
+    service: RelayService | None = None,
+    rate_limit: Guard | None = None,
 ) -> Sequence[HTTPRouteHandler]:
-    """The admin routes over ``event_log``, guarded by ``admin_token``. With ``service``,
-    history and state open personal fields with its sealer, and clients can be erased."""
-    guard = admin_token_guard(admin_token)
+    """The admin routes over ``event_log``, guarded by ``admin_token`` (after ``rate_limit``,
+    when given, so that wrong tokens count too). With ``service``, history and state open
+    personal fields with its sealer, and clients can be erased."""
+    guards = [g for g in (rate_limit, admin_token_guard(admin_token)) if g is not None]
     sealer: Sealer | None = service.sealer if service is not None else None
 
     async def events(request: AnyRequest) -> Response[bytes]:
@@ -133,9 +170,11 @@ def admin_route_handlers(
 
     async def client_state(request: AnyRequest) -> Response[bytes]:
         """A client's state at ``at`` (a position or an ISO 8601 time; default now)."""
-        client_id = strip_did_key(request.path_params["id"])
-        tenant_id = request.query_params.get("tenant") or DEFAULT_TENANT
-        at_text = request.query_params.get("at")
+        client_id = validate_id(
+            request.path_params["id"], field="id", location="path", kind="client"
+        )
+        tenant_id = _query_id(request, "tenant", "tenant") or DEFAULT_TENANT
+        at_text = _one(request, "at")
         try:
             at = parse_at(at_text) if at_text else None
         except QueryError as exc:
@@ -148,12 +187,7 @@ def admin_route_handlers(
         client_id = validate_id(
             request.path_params["id"], field="id", location="path", kind="client"
         )
-        tenant_id = validate_id(
-            request.query_params.get("tenant") or DEFAULT_TENANT,
-            field="tenant",
-            location="query",
-            kind="tenant",
-        )
+        tenant_id = _query_id(request, "tenant", "tenant") or DEFAULT_TENANT
         if service is None:
             raise ErasureNotConfigured("no relay service")
         request_id = request_id_of(request.scope)
@@ -172,6 +206,32 @@ def admin_route_handlers(
 
     unauthorized = failed("No admin token, or not the configured one")
     shape = failed("A bad parameter; `fields` names it")
+    no_route = failed("No such route (an id holding '/' makes another path)")
+    limited = failed("Over the per-address rate limit; see `Retry-After`")
+    unavailable = failed("The event log is unreachable; retry")
+    tenant = query("tenant", TENANT_ID, "The tenant (default: the default tenant)")
+    text = Schema(type=OpenAPIType.STRING)
+    events_operation = documented(
+        queries=[
+            query("client", CLIENT_ID, "Only this client's events"),
+            query("notification", MESSAGE_ID, "Only this relay message id's events"),
+            query("tenant", TENANT_ID, "Only this tenant's events"),
+            query("since", text, "Recorded at or after this ISO 8601 time"),
+            query("until", text, "Recorded at or before this ISO 8601 time"),
+            query("type", text, "Event tags, comma-separated or repeated"),
+            query("after", Schema(type=OpenAPIType.INTEGER, minimum=0), "The cursor"),
+            query(
+                "limit",
+                Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=MAX_PAGE),
+                f"Page size (default {DEFAULT_PAGE})",
+            ),
+        ]
+    )
+    state_operation = documented(
+        ids=CLIENT_IDS,
+        queries=[tenant, query("at", text, "A log position, or an ISO 8601 time (default now)")],
+    )
+    erase_operation = documented(ids=CLIENT_IDS, queries=[tenant])
     return [
         get(
             "/admin/events",
@@ -182,9 +242,16 @@ def admin_route_handlers(
             "(repeatable or comma-separated tags); `after` is the cursor (a position) and "
             "`limit` the page size (1 to 1000, default 100). Device tokens are shown as "
             "fingerprints. `next_cursor` is null on the last page.",
-            guards=[guard],
+            guards=guards,
+            operation_class=events_operation,
             tags=["admin"],
-            responses={400: shape, 401: unauthorized},
+            responses={
+                200: body(EventsBody, "A page of history"),
+                400: shape,
+                401: unauthorized,
+                429: limited,
+                503: unavailable,
+            },
         )(events),
         get(
             "/admin/clients/{id:str}/state",
@@ -194,9 +261,17 @@ def admin_route_handlers(
             "8601 time; default now) in `tenant` (default the default tenant): registered or "
             "not, provider, token fingerprint, notifications pending, delivered, failed and "
             "dropped.",
-            guards=[guard],
+            guards=guards,
             tags=["admin"],
-            responses={400: shape, 401: unauthorized},
+            operation_class=state_operation,
+            responses={
+                200: body(StateBody, "The client's state"),
+                400: shape,
+                401: unauthorized,
+                404: no_route,
+                429: limited,
+                503: unavailable,
+            },
         )(client_state),
         post(
             "/admin/clients/{id:str}/erase",
@@ -207,9 +282,17 @@ def admin_route_handlers(
             "the content of its notifications become unreadable in the log and the read "
             "tables, while the history still shows its events. Answers where `client.erased` "
             "landed and the ids of the keys destroyed.",
-            guards=[guard],
+            guards=guards,
             tags=["admin"],
             status_code=200,
-            responses={400: shape, 401: unauthorized, 503: failed("Erasure is not configured")},
+            operation_class=erase_operation,
+            responses={
+                200: body(EraseBody, "Erased"),
+                400: shape,
+                401: unauthorized,
+                404: no_route,
+                429: limited,
+                503: failed("Erasure is not configured, or the event log is unreachable"),
+            },
         )(erase),
     ]

@@ -99,7 +99,10 @@ def create_app(
             *demo_route_handlers(vapid_public_key=default_tenant.vapid_public_key),
             *(
                 admin_route_handlers(
-                    event_log=event_log, admin_token=settings.admin_token, service=service
+                    event_log=event_log,
+                    admin_token=settings.admin_token,
+                    service=service,
+                    rate_limit=limiter.guard,
                 )
                 if event_log is not None
                 else ()

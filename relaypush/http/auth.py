@@ -16,10 +16,13 @@ import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 from relaypush.auth.tenant_jwt import verify_tenant_jwt
 from relaypush.domain.errors import FieldError, Unauthorized
+from relaypush.domain.tenants import ADMIN, Caller
+from relaypush.http.headers import credential_header, verified_token
 
 __all__ = ["AUTHORIZATION_HEADER", "Principal", "TenantAuthorizer"]
 
@@ -41,7 +44,7 @@ class TenantAuthorizer:
     clock: Callable[[], float] = time.time
 
     def _bearer(self, headers: Mapping[str, str]) -> str:
-        value = headers.get("authorization")
+        value = credential_header(headers, AUTHORIZATION_HEADER)
         if not value:
             what = "the admin token or a tenant JWT" if self.jwt_secret else "the admin token"
             raise _refuse(f"header is required: 'Bearer <{what}>'")
@@ -57,6 +60,10 @@ class TenantAuthorizer:
 
     def tenant(self, headers: Mapping[str, str], tenant_id: str) -> Principal:
         """Who may act on ``tenant_id``: the admin, or that tenant; ``Unauthorized`` otherwise."""
+        return "admin" if self.caller(headers, tenant_id).admin else "tenant"
+
+    def caller(self, headers: Mapping[str, str], tenant_id: str) -> Caller:
+        """As :meth:`tenant`, with when the tenant's JWT was issued (its ``iat``)."""
         if not self.admin_token and not self.jwt_secret:
             raise _refuse(
                 "tenant routes are off: neither RELAYPUSH_ADMIN_TOKEN nor "
@@ -64,13 +71,17 @@ class TenantAuthorizer:
             )
         token = self._bearer(headers)
         if self._is_admin(token):
-            return "admin"
+            return ADMIN
         if not self.jwt_secret:
             raise _refuse("not the admin token (tenant JWTs are off: no secret is set)")
         if token.count(".") != 2:
             raise _refuse("neither the admin token nor a tenant JWT")
-        verify_tenant_jwt(token, secret=self.jwt_secret, tenant_id=tenant_id, now=self.clock())
-        return "tenant"
+        secret, now = self.jwt_secret, self.clock()
+        claims = verified_token(
+            lambda: verify_tenant_jwt(token, secret=secret, tenant_id=tenant_id, now=now)
+        )
+        issued = datetime.fromtimestamp(claims.iat, UTC) if claims.iat is not None else None
+        return Caller(admin=False, issued_at=issued)
 
     def admin(self, headers: Mapping[str, str]) -> Principal:
         """The admin, or ``Unauthorized``: admin routes take the admin token only."""

@@ -12,7 +12,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from relaypush.domain.errors import ErrorInfo
 from relaypush.http.envelope import failed_body
-from relaypush.http.openapi import failed
+from relaypush.http.openapi import failed, text
 from relaypush.metrics import Registry
 
 __all__ = ["METRICS_CONTENT_TYPE", "health_text", "operations_route_handlers", "package_version"]
@@ -74,7 +74,11 @@ def operations_route_handlers(
             description="`OK, relaypush v<version>` as text; 503 in the envelope while the "
             "server is not ready.",
             tags=["operations"],
-            responses={503: failed("Not ready; see `Retry-After`")},
+            media_type=MediaType.TEXT,
+            responses={
+                200: text("Up: `OK, relaypush v<version>`"),
+                503: failed("Not ready; see `Retry-After`"),
+            },
         )(health),
         get(
             "/metrics",
@@ -83,5 +87,7 @@ def operations_route_handlers(
             description="Request counts and durations, appended events by type, and more, in "
             "the Prometheus text format 0.0.4.",
             tags=["operations"],
+            media_type=METRICS_CONTENT_TYPE,
+            responses={200: text("The metrics", METRICS_CONTENT_TYPE)},
         )(metrics),
     ]

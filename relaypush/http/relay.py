@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, assert_never
 
-import msgspec
 from litestar import MediaType, Request, Response, delete, post
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
@@ -29,10 +28,18 @@ from relaypush.auth.relay_signature import (
 from relaypush.config import DEFAULT_TENANT
 from relaypush.domain.errors import DomainError, ErrorInfo, FieldError, Unauthorized
 from relaypush.domain.ids import validate_id
-from relaypush.domain.payload import parse_register
+from relaypush.domain.payload import parse_register, peek_object
 from relaypush.http.envelope import OK_BODY, failed_body
+from relaypush.http.headers import credential_header, verified_token
 from relaypush.http.observe import request_id_of
-from relaypush.http.openapi import PUSH_OPERATION, REGISTER_OPERATION, failed, ok
+from relaypush.http.openapi import (
+    CLIENT_IDS,
+    PUSH_OPERATION,
+    REGISTER_OPERATION,
+    documented,
+    failed,
+    ok,
+)
 from relaypush.service import Accepted, Dropped, Duplicate, Held, RelayService
 
 __all__ = ["RelayContext", "relay_route_handlers"]
@@ -90,17 +97,14 @@ def _client_of(request: AnyRequest) -> str:
 
 def _claimed_client_id(body: bytes) -> str:
     """The ``client_id`` a register body names, or ``""`` when it names none."""
-    try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.MsgspecError, ValueError):
-        return ""
-    value = obj.get("client_id") if isinstance(obj, dict) else None
+    obj = peek_object(body)
+    value = obj.get("client_id") if obj is not None else None
     return value if isinstance(value, str) else ""
 
 
 def _client_token(request: AnyRequest, relay: RelayContext) -> str | None:
     """The wallet's JWT when one is sent; refused when absent and client auth is required."""
-    token = request.headers.get("authorization")
+    token = credential_header(request.headers, AUTHORIZATION_HEADER)
     if token:
         return token
     if relay.require_client_auth:
@@ -115,11 +119,14 @@ async def register_client(
     body = await request.body()
     token = _client_token(request, relay)
     if token is not None:
-        verify_client_jwt(
-            token,
-            client_id=_claimed_client_id(body),
-            audience=relay.audience,
-            max_age=relay.client_jwt_max_age,
+        claimed = _claimed_client_id(body)
+        verified_token(
+            lambda: verify_client_jwt(
+                token,
+                client_id=claimed,
+                audience=relay.audience,
+                max_age=relay.client_jwt_max_age,
+            )
         )
     tenant_id = _tenant_of(request)
     registration = parse_register(body, webpush_hosts=relay.webpush_hosts)
@@ -133,11 +140,14 @@ async def unregister_client(
     """Unregister a client; idempotent."""
     token = _client_token(request, relay)
     if token is not None:
-        verify_client_jwt(
-            token,
-            client_id=request.path_params["id"],
-            audience=relay.audience,
-            max_age=relay.client_jwt_max_age,
+        claimed = request.path_params["id"]
+        verified_token(
+            lambda: verify_client_jwt(
+                token,
+                client_id=claimed,
+                audience=relay.audience,
+                max_age=relay.client_jwt_max_age,
+            )
         )
     tenant_id = _tenant_of(request)
     client_id = _client_of(request)
@@ -161,8 +171,9 @@ async def push_notification(
     verifier = relay.verifier
     signature: str | None = None
     if verifier is not None:
-        signature = request.headers.get(SIGNATURE_HEADER)
-        verifier.verify(signature, request.headers.get(TIMESTAMP_HEADER), body)
+        signature = credential_header(request.headers, SIGNATURE_HEADER)
+        timestamp = credential_header(request.headers, TIMESTAMP_HEADER)
+        verifier.verify(signature, timestamp, body)
         if relay.replay_guard is not None and signature is not None:
             await _claim_signature(relay.replay_guard, signature)
     tenant_id = _tenant_of(request)
@@ -200,6 +211,7 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
     too_large = failed("Body over the size limit")
     limited = failed("Over the per-address rate limit; see `Retry-After`")
     unavailable = failed("The event log is unreachable; see `Retry-After`. Safe to repeat")
+    no_route = failed("No such route (an id holding '/' makes another path)")
     return [
         post(
             CLIENTS_PATHS,
@@ -216,6 +228,7 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
                 200: ok("Registered"),
                 400: shape,
                 401: unauthorized,
+                404: no_route,
                 413: too_large,
                 429: limited,
                 503: unavailable,
@@ -229,11 +242,14 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             "the client was registered.",
             status_code=200,
             guards=[rate_limit],
+            operation_class=documented(ids=CLIENT_IDS),
             tags=["clients"],
             responses={
                 200: ok("Unregistered, or was not registered"),
                 400: shape,
                 401: unauthorized,
+                404: no_route,
+                413: too_large,
                 429: limited,
                 503: unavailable,
             },
@@ -255,6 +271,7 @@ def relay_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
                 200: ok("Duplicate: already accepted, nothing is sent again"),
                 400: shape,
                 401: unauthorized,
+                404: no_route,
                 413: too_large,
                 503: unavailable,
             },

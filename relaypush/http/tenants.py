@@ -34,11 +34,23 @@ from litestar.types import Guard
 from relaypush.domain.errors import ErrorInfo, FieldError, InvalidRequest
 from relaypush.domain.events import CredentialKind
 from relaypush.domain.ids import validate_id
+from relaypush.domain.payload import peek_object
 from relaypush.domain.tenants import RESERVED_TENANT_IDS
 from relaypush.http.auth import TenantAuthorizer
 from relaypush.http.envelope import failed_body
 from relaypush.http.observe import request_id_of
-from relaypush.http.openapi import failed
+from relaypush.http.openapi import (
+    APNS_FORM_SCHEMA,
+    FCM_FORM_SCHEMA,
+    TENANT_CREATE_SCHEMA,
+    TENANT_IDS,
+    WEBPUSH_FORM_SCHEMA,
+    body,
+    documented,
+    failed,
+    form_body,
+    json_body,
+)
 from relaypush.tenancy.checks import FCM_FIELD, ApnsForm
 from relaypush.tenancy.service import TenantService
 
@@ -100,11 +112,8 @@ def _json(status: int, body: bytes) -> Response[bytes]:
 
 def _claimed_id(body: bytes) -> str:
     """The ``id`` a create body names, or ``""``: what a tenant JWT must be for."""
-    try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.MsgspecError, ValueError):
-        return ""
-    value = obj.get("id") if isinstance(obj, dict) else None
+    obj = peek_object(body)
+    value = obj.get("id") if obj is not None else None
     return value if isinstance(value, str) else ""
 
 
@@ -125,11 +134,8 @@ def _checked_id(value: object, location: str) -> str:
 
 
 def _parse_create(body: bytes) -> str:
-    try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.MsgspecError, ValueError):
-        obj = None
-    if not isinstance(obj, dict):
+    obj = peek_object(body)
+    if obj is None:
         raise InvalidRequest(fields=(FieldError("body", 'must be a JSON object {"id": ...}'),))
     if "id" not in obj:
         raise InvalidRequest(fields=(FieldError("id", "is required: the tenant's id"),))
@@ -171,9 +177,11 @@ async def create_tenant(
 ) -> Response[bytes]:
     """Create a tenant (upsert)."""
     body = await request.body()
-    tenants.auth.tenant(request.headers, _claimed_id(body))
+    caller = tenants.auth.caller(request.headers, _claimed_id(body))
     tenant_id = _parse_create(body)
-    url = await tenants.service.create(tenant_id, request_id=request_id_of(request.scope))
+    url = await tenants.service.create(
+        tenant_id, request_id=request_id_of(request.scope), caller=caller
+    )
     return _json(200, msgspec.json.encode(CreatedBody(url)))
 
 
@@ -280,11 +288,15 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
     """The tenant routes, each guarded by the per-address ``rate_limit``."""
     shape = failed("Malformed request or credentials that do not work; `fields` says which")
     unauthorized = failed("No tenant JWT for this tenant and not the admin token")
-    missing = failed("No such tenant")
+    missing = failed("No such tenant (or no such route: an id holding '/' makes another path)")
+    no_route = failed("No such route (an id holding '/' makes another path)")
     limited = failed("Over the per-address rate limit; see `Retry-After`")
     unavailable = failed("The event log or the credential store is unreachable; retry")
-    common = {400: shape, 401: unauthorized, 429: limited, 503: unavailable}
+    too_large = failed("Body over the size limit")
+    common = {400: shape, 401: unauthorized, 413: too_large, 429: limited, 503: unavailable}
     one = "/tenants/{id:str}"
+    by_id = documented(ids=TENANT_IDS)
+    success = body(SuccessBody, "Done")
     auth_note = (
         " Requires `Authorization: Bearer` with a tenant JWT (HS256, `sub` = the tenant id, "
         "`exp`) or the admin token."
@@ -295,11 +307,16 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             name="create_tenant",
             summary="Create a tenant",
             description='Body `{"id": "<tenant id>"}`. Creates the tenant unless it exists '
-            "(upsert) and answers the base URL of its client routes." + auth_note,
+            "(upsert) and answers the base URL of its client routes. A deleted tenant is "
+            "created again by the admin token or a tenant JWT issued after the deletion."
+            + auth_note,
             status_code=200,
             guards=[rate_limit],
+            operation_class=documented(
+                body=json_body(TENANT_CREATE_SCHEMA, "The tenant to create")
+            ),
             tags=["tenants"],
-            responses=common,
+            responses={200: body(CreatedBody, "Created, or existed already"), **common},
         )(create_tenant),
         get(
             "/tenants",
@@ -308,7 +325,12 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             description="Every tenant's id. Admin token only.",
             guards=[rate_limit],
             tags=["tenants"],
-            responses={401: unauthorized, 429: limited, 503: unavailable},
+            responses={
+                200: body(TenantListBody, "Every tenant that exists"),
+                401: unauthorized,
+                429: limited,
+                503: unavailable,
+            },
         )(list_tenants),
         get(
             one,
@@ -317,8 +339,9 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             description="Its URL, enabled providers, APNs topic and type, suspension, and the "
             "VAPID public key browsers subscribe with (`pushManager.subscribe`)." + auth_note,
             guards=[rate_limit],
+            operation_class=by_id,
             tags=["tenants"],
-            responses={**common, 404: missing},
+            responses={200: body(TenantBody, "The tenant"), **common, 404: missing},
         )(get_tenant),
         delete(
             one,
@@ -328,8 +351,9 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             "client routes answer 400 from now on. Idempotent." + auth_note,
             status_code=200,
             guards=[rate_limit],
+            operation_class=by_id,
             tags=["tenants"],
-            responses=common,
+            responses={200: success, **common, 404: no_route},
         )(delete_tenant),
         post(
             one + "/apns",
@@ -341,8 +365,11 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             "`apns_team_id`. Checked before they are stored; lifts a suspension." + auth_note,
             status_code=200,
             guards=[rate_limit],
+            operation_class=documented(
+                body=form_body(APNS_FORM_SCHEMA, "APNs credentials"), ids=TENANT_IDS
+            ),
             tags=["tenants"],
-            responses={**common, 404: missing},
+            responses={200: success, **common, 404: missing},
         )(set_apns),
         post(
             one + "/fcm_v1",
@@ -354,8 +381,11 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             + auth_note,
             status_code=200,
             guards=[rate_limit],
+            operation_class=documented(
+                body=form_body(FCM_FORM_SCHEMA, "The FCM service account"), ids=TENANT_IDS
+            ),
             tags=["tenants"],
-            responses={**common, 404: missing},
+            responses={200: success, **common, 404: missing},
         )(set_fcm_v1),
         post(
             one + "/webpush",
@@ -367,8 +397,11 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             + auth_note,
             status_code=200,
             guards=[rate_limit],
+            operation_class=documented(
+                body=form_body(WEBPUSH_FORM_SCHEMA, "The VAPID key pair"), ids=TENANT_IDS
+            ),
             tags=["tenants"],
-            responses={**common, 404: missing},
+            responses={200: success, **common, 404: missing},
         )(set_webpush),
         post(
             one + "/fcm",
@@ -377,8 +410,9 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             description="Always 410: Google retired the legacy FCM API in 2024. Use `fcm_v1`.",
             status_code=410,
             guards=[rate_limit],
+            operation_class=by_id,
             tags=["tenants"],
-            responses={**common, 410: failed("The legacy FCM API is retired")},
+            responses={410: failed("The legacy FCM API is retired"), **common, 404: no_route},
         )(set_legacy_fcm),
         delete(
             one + "/apns",
@@ -387,6 +421,7 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             description="204 whether or not there were any." + auth_note,
             status_code=204,
             guards=[rate_limit],
+            operation_class=by_id,
             tags=["tenants"],
             responses={**common, 404: missing},
         )(remove_apns),
@@ -397,6 +432,7 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             description="204 whether or not there was one." + auth_note,
             status_code=204,
             guards=[rate_limit],
+            operation_class=by_id,
             tags=["tenants"],
             responses={**common, 404: missing},
         )(remove_fcm_v1),
@@ -407,6 +443,7 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             description="204 whether or not there was one." + auth_note,
             status_code=204,
             guards=[rate_limit],
+            operation_class=by_id,
             tags=["tenants"],
             responses={**common, 404: missing},
         )(remove_webpush),

@@ -25,18 +25,22 @@ endpoint (in a worker thread). No secret ever appears in an error's description.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from google.oauth2 import service_account
@@ -51,10 +55,12 @@ from relaypush.domain.credentials import ApnsCertificateFile, ApnsTokenKey, FcmS
 from relaypush.domain.credentials import VapidKey as VapidCredential
 from relaypush.domain.errors import FieldError, InvalidRequest
 from relaypush.metrics import REGISTRY, Registry
+from relaypush.tenancy.pkcs12 import kdf_costs, pem_blocks
 
 __all__ = [
     "APNS_FIELDS",
     "FCM_FIELD",
+    "MAX_KDF_ITERATIONS",
     "VAPID_FIELDS",
     "ApnsForm",
     "CredentialChecker",
@@ -71,11 +77,16 @@ APNS_FIELDS: Final = (
 FCM_FIELD: Final = "credentials"
 VAPID_FIELDS: Final = ("vapid_private_key", "subject")
 
+T = TypeVar("T")
+
 _TOPIC: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _APPLE_ID: Final = re.compile(r"[A-Z0-9]{10}")
 _MAX_KEY: Final = 16 * 1024
 _MAX_CERTIFICATE: Final = 64 * 1024
 _MAX_SERVICE_ACCOUNT: Final = 64 * 1024
+#: Most key-derivation iterations a .p12 may ask for, all its derivations together (2048 each is
+#: usual): opening holds the GIL for about half a microsecond per iteration.
+MAX_KDF_ITERATIONS: Final = 500_000
 _GOOGLE_HOSTS: Final = (".googleapis.com", ".google.com")
 _REQUIRED_ACCOUNT_FIELDS: Final = ("project_id", "private_key", "client_email", "token_uri")
 
@@ -215,7 +226,16 @@ class CredentialChecker:
         assert topic is not None
         if form.pkcs8_pem:
             return self._check_token(form, topic)
-        return self._check_certificate(form, topic)
+        data, password = _certificate_parts(form)
+        _refuse_costly(data)
+        return await _off_the_loop(
+            lambda: self._check_certificate(data, password, topic),
+            within=self._timeout,
+            too_slow=FieldError(
+                "apns_certificate",
+                f"the .p12 could not be opened within {self._timeout:g} s",
+            ),
+        )
 
     def _check_token(self, form: ApnsForm, topic: str) -> ApnsTokenKey:
         key_id, team_id = _text(form.key_id), _text(form.team_id)
@@ -239,28 +259,8 @@ class CredentialChecker:
             ) from None
         return ApnsTokenKey(topic=topic, key_id=key_id, team_id=team_id, pkcs8_pem=pem.decode())
 
-    def _check_certificate(self, form: ApnsForm, topic: str) -> ApnsCertificateFile:
-        data = form.certificate
-        assert data is not None
-        if isinstance(data, str):  # a text field: base64 of the .p12
-            try:
-                data = base64.b64decode("".join(data.split()), validate=True)
-            except (binascii.Error, ValueError):
-                raise _refuse(
-                    [
-                        FieldError(
-                            "apns_certificate",
-                            "a .p12 sent as a text field must be base64; or send it as a file "
-                            "(curl -F apns_certificate=@cert.p12)",
-                        )
-                    ]
-                ) from None
-        password_value = form.certificate_password
-        password = (
-            password_value.decode("utf-8")
-            if isinstance(password_value, bytes)
-            else (password_value or "")
-        )
+    def _check_certificate(self, data: bytes, password: str, topic: str) -> ApnsCertificateFile:
+        """Open the .p12 and prove it usable (in a thread of its own: :func:`_off_the_loop`)."""
         try:
             certificate = ApnsCertificate.load(data, password or None)
         except ValueError:
@@ -317,8 +317,10 @@ class CredentialChecker:
         if len(document) > _MAX_SERVICE_ACCOUNT:
             raise _refuse([_fcm_field(f"over {_MAX_SERVICE_ACCOUNT} bytes: not a service account")])
         try:
-            info = json.loads(document)
-        except (ValueError, UnicodeDecodeError):
+            # msgspec, not json: it refuses invalid UTF-8 and lone surrogates (text that cannot
+            # be encoded again), and nesting too deep is a RecursionError from either
+            info = msgspec.json.decode(document)
+        except (msgspec.MsgspecError, ValueError, RecursionError):
             raise _refuse([_fcm_field("is not JSON: expected a service-account file")]) from None
         if not isinstance(info, dict):
             raise _refuse([_fcm_field("must be a JSON object: a service-account file")])
@@ -425,6 +427,95 @@ _NOT_VAPID_KEY: Final = (
     "not a VAPID key: expected a PEM private key ('PRIVATE KEY' or 'EC PRIVATE KEY') of a P-256 "
     "key pair (openssl ecparam -name prime256v1 -genkey -noout)"
 )
+
+
+def _certificate_parts(form: ApnsForm) -> tuple[bytes, str]:
+    """The .p12's bytes (a text field holds base64 of it) and its password."""
+    data = form.certificate
+    assert data is not None
+    if isinstance(data, str):  # a text field: base64 of the .p12
+        try:
+            data = base64.b64decode("".join(data.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise _refuse(
+                [
+                    FieldError(
+                        "apns_certificate",
+                        "a .p12 sent as a text field must be base64; or send it as a file "
+                        "(curl -F apns_certificate=@cert.p12)",
+                    )
+                ]
+            ) from None
+    password_value = form.certificate_password
+    password = (
+        password_value.decode("utf-8")
+        if isinstance(password_value, bytes)
+        else (password_value or "")
+    )
+    return data, password
+
+
+def _refuse_costly(data: bytes) -> None:
+    """Refuse a .p12 (or PEM) whose key derivations ask for more than
+    :data:`MAX_KDF_ITERATIONS` in all, read from its structure before any is run."""
+    try:
+        blocks = pem_blocks(data) if b"-----BEGIN" in data else [data]
+        costs = [cost for block in blocks for cost in kdf_costs(block)]
+    except ValueError:
+        raise _refuse(
+            [
+                FieldError(
+                    "apns_certificate", "not a .p12 (PKCS#12) certificate with its private key"
+                )
+            ]
+        ) from None
+    total = sum(costs)
+    if total > MAX_KDF_ITERATIONS:
+        raise _refuse(
+            [
+                FieldError(
+                    "apns_certificate",
+                    f"the .p12 asks for {total} key-derivation iterations in all, more than the "
+                    f"{MAX_KDF_ITERATIONS} allowed; export it again with fewer (2048 is usual: "
+                    "openssl pkcs12 -export -iter 2048 -maciter ...)",
+                )
+            ]
+        )
+
+
+async def _off_the_loop(work: Callable[[], T], *, within: float, too_slow: FieldError) -> T:
+    """``work()`` in a daemon thread of its own, refused with ``too_slow`` after ``within`` s.
+
+    A daemon thread, not the loop's executor: work that outlives its timeout is abandoned
+    without holding up the executor's other users or the process's exit.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, failure: BaseException | None) -> None:
+        if done.done():  # timed out and abandoned
+            return
+        if failure is not None:
+            done.set_exception(failure)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        failure: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the waiting coroutine
+            failure = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, failure)
+
+    threading.Thread(target=run, name="relaypush-credential-check", daemon=True).start()
+    try:
+        async with asyncio.timeout(within):
+            return await asyncio.shield(done)
+    except TimeoutError:
+        raise _refuse([too_slow]) from None
 
 
 def _fcm_field(description: str) -> FieldError:

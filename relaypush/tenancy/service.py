@@ -43,7 +43,9 @@ from relaypush.domain.events import (
 )
 from relaypush.domain.streams import TENANT, subject_for
 from relaypush.domain.tenants import (
+    ADMIN,
     TENANT_EVENT_TYPES,
+    Caller,
     CredentialChange,
     TenantEvent,
     TenantNotFound,
@@ -182,12 +184,18 @@ class TenantService:
         """The base URL of the tenant's client routes."""
         return f"{self._base_url}/{tenant_id}"
 
-    async def create(self, tenant_id: str, *, request_id: str) -> str:
-        """Create the tenant unless it exists (an upsert); returns its URL."""
+    async def create(self, tenant_id: str, *, request_id: str, caller: Caller = ADMIN) -> str:
+        """Create the tenant unless it exists (an upsert); returns its URL. A deleted tenant is
+        created again only by the admin or a JWT issued after the deletion (``Unauthorized``)."""
         for _ in range(MAX_ATTEMPTS):
             state = await self._tenants.fresh(tenant_id)
             event = decide_create(
-                state, tenant_id, event_id=self._new_id(), now=self._clock(), request_id=request_id
+                state,
+                tenant_id,
+                event_id=self._new_id(),
+                now=self._clock(),
+                request_id=request_id,
+                caller=caller,
             )
             if event is None or await self._append((event,), state, tenant_id):
                 return self.url_of(tenant_id)

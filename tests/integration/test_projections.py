@@ -523,6 +523,4 @@ async def test_concurrent_migrations_apply_each_version_once(env: Env) -> None:
                 sql.Identifier(env.schema, "schema_migrations")
             )
         )
-        shipped = [(m.version, m.name) for m in migrations()]
-        assert shipped[:2] == [(1, "initial"), (2, "erasable_tokens")]
-        assert await cur.fetchall() == shipped
+        assert await cur.fetchall() == [(m.version, m.name) for m in migrations()]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
@@ -596,37 +597,56 @@ async def test_payload_over_the_provider_limit(env: Env, path: str) -> None:
 # ids
 
 
-BAD_IDS = ["a.b", "a*", "a>b", "a b", "clïent", "x" * 1000]
-BAD_ID_NAMES = ["dot", "star", "gt", "space", "unicode", "1000-chars"]
+BAD_CLIENT_IDS = ["a\nb", "a\x00b", "a\x7fb", "\u00e9" * 128, "x" * 256, "x" * 1000]
+BAD_CLIENT_ID_NAMES = ["newline", "nul", "del", "256-bytes-of-unicode", "256-chars", "1000-chars"]
+BAD_TENANT_IDS = ["a.b", "a*", "a>b", "a b", "clïent", "x" * 1000]
+BAD_TENANT_ID_NAMES = ["dot", "star", "gt", "space", "unicode", "1000-chars"]
 
 
-@pytest.mark.parametrize("bad", BAD_IDS, ids=BAD_ID_NAMES)
+def in_path(segment: str) -> str:
+    return quote(segment, safe="")
+
+
+@pytest.mark.parametrize("bad", BAD_CLIENT_IDS, ids=BAD_CLIENT_ID_NAMES)
 async def test_bad_client_id_in_a_push_path(env: Env, bad: str) -> None:
-    answer = await refused(env, "POST", f"/clients/{bad}", 400, json_body=legacy_body())
+    answer = await refused(env, "POST", f"/clients/{in_path(bad)}", 400, json_body=legacy_body())
     assert fields_of(answer) == [("id", "path")]
 
 
-@pytest.mark.parametrize("bad", BAD_IDS, ids=BAD_ID_NAMES)
+@pytest.mark.parametrize("bad", BAD_CLIENT_IDS, ids=BAD_CLIENT_ID_NAMES)
 async def test_bad_client_id_in_a_delete_path(env: Env, bad: str) -> None:
-    answer = await refused(env, "DELETE", f"/clients/{bad}", 400)
+    answer = await refused(env, "DELETE", f"/clients/{in_path(bad)}", 400)
     assert fields_of(answer) == [("id", "path")]
 
 
-@pytest.mark.parametrize("bad", BAD_IDS, ids=BAD_ID_NAMES)
+@pytest.mark.parametrize("bad", [*BAD_CLIENT_IDS, "a/b"], ids=[*BAD_CLIENT_ID_NAMES, "slash"])
 async def test_bad_client_id_in_a_register_body(env: Env, bad: str) -> None:
     answer = await refused(env, "POST", "/clients", 400, json_body=register_body(bad))
     assert fields_of(answer) == [("client_id", "body")]
 
 
-@pytest.mark.parametrize("bad", BAD_IDS, ids=BAD_ID_NAMES)
+@pytest.mark.parametrize("bad", BAD_TENANT_IDS, ids=BAD_TENANT_ID_NAMES)
 async def test_bad_tenant_id_in_a_path(env: Env, bad: str) -> None:
-    answer = await refused(env, "POST", f"/{bad}/clients", 400, json_body=register_body())
+    answer = await refused(env, "POST", f"/{in_path(bad)}/clients", 400, json_body=register_body())
     assert fields_of(answer) == [("tenant_id", "path")]
 
 
-async def test_bad_message_id_names_id(env: Env) -> None:
-    answer = await refused(env, "POST", f"/clients/{LEGACY}", 400, json_body=legacy_body("a b"))
+@pytest.mark.parametrize("bad", ["a\nb", "\x00", "\u2603" * 86, "1" * 256])
+async def test_bad_message_id_names_id(env: Env, bad: str) -> None:
+    answer = await refused(env, "POST", f"/clients/{LEGACY}", 400, json_body=legacy_body(bad))
     assert fields_of(answer) == [("id", "body")]
+
+
+@pytest.mark.parametrize("client_id", ["wallet.1", "a.*", "a.>", "msg-\u00fc-\U0001f514", " x "])
+async def test_ids_with_dots_wildcards_and_unicode_are_ordinary(env: Env, client_id: str) -> None:
+    registered = await env.client.post("/clients", json=register_body(client_id))
+    assert registered.status_code == 200, registered.text
+    pushed = await env.client.post(f"/clients/{in_path(client_id)}", json=legacy_body("a.>"))
+    assert pushed.status_code == 202, pushed.text
+    accepted = (await events(env.log))[-1]
+    assert isinstance(accepted, NotificationAccepted)
+    assert (accepted.client_id, accepted.message_id) == (client_id, "a.>")
+    assert (await env.client.delete(f"/clients/{in_path(client_id)}")).status_code == 200
 
 
 # multi-tenant

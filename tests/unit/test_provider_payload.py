@@ -263,3 +263,34 @@ def test_size_counts_utf8_bytes_not_characters() -> None:
     assert len(apns_body(n).decode()) < MAX_PROVIDER_PAYLOAD < len(apns_body(n))
     with pytest.raises(InvalidRequest):
         check_payload_size(n, "apns")
+
+
+@pytest.mark.parametrize("provider", ["apns", "apns-sandbox", "noop", "fcm"])
+def test_a_cleartext_blob_over_the_limit_is_refused_whatever_the_provider(
+    provider: ProviderType,
+) -> None:
+    # The APNs body carries the title and body alone, so it is small; the blob is not (a
+    # Notify message with a long icon, say), and FCM would carry it whole.
+    n = accepted(
+        flags=16, blob="B" * (MAX_PROVIDER_PAYLOAD + 1), notify=NotifyMessage(title="t", body="b")
+    )
+    assert len(apns_body(n)) < 200
+    with pytest.raises(InvalidRequest) as info:
+        check_payload_size(n, provider)
+    assert [e.name for e in info.value.errors] == ["payload_too_large"]
+    assert [(f.field, f.location) for f in info.value.fields] == [("payload.blob", "body")]
+    assert "4097 bytes" in info.value.fields[0].description
+
+
+def test_a_cleartext_blob_of_exactly_the_limit_passes_for_apns() -> None:
+    n = accepted(
+        flags=16, blob="B" * MAX_PROVIDER_PAYLOAD, notify=NotifyMessage(title="t", body="b")
+    )
+    check_payload_size(n, "apns")
+    with pytest.raises(InvalidRequest):  # FCM carries the blob and the alert: over
+        check_payload_size(n, "fcm")
+
+
+def test_an_encrypted_blob_is_bounded_by_the_provider_body_alone() -> None:
+    n = encrypted("x" * (MAX_PROVIDER_PAYLOAD - apns_overhead()))
+    check_payload_size(n, "apns")

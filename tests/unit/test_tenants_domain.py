@@ -121,7 +121,7 @@ def test_the_fold_follows_every_event() -> None:
 
 def test_deleting_forgets_everything_and_creating_again_starts_a_new_incarnation() -> None:
     gone = fold([(1, created()), (2, apns_changed()), (3, suspended()), (9, deleted())])
-    assert gone == TenantState(deleted=True, epoch=9, version=9)
+    assert gone == TenantState(deleted=True, deleted_at=NOW, epoch=9, version=9)
     again = fold([(12, created())], state=gone)
     assert again == TenantState(exists=True, epoch=12, version=12)
 
