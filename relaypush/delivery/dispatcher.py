@@ -60,6 +60,7 @@ from relaypush.domain.delivery import (
     evolve,
     failure,
 )
+from relaypush.domain.errors import InvalidRequest
 from relaypush.domain.events import (
     Cause,
     NotificationAccepted,
@@ -70,6 +71,7 @@ from relaypush.domain.events import (
     decode_event,
     encode_event,
 )
+from relaypush.domain.provider_payload import check_payload_size
 from relaypush.domain.streams import (
     NOTIFICATION,
     is_legacy_notification_subject,
@@ -320,6 +322,19 @@ class Dispatcher:
         opened = await self._sealer.open(accepted)
         if token is None or opened.sealed is not None:
             await self._give_up(accepted, state.attempts, None, "client_erased", cause, delivery)
+            return
+        try:  # the client may have changed provider since the push was accepted
+            check_payload_size(opened, client.provider)
+        except InvalidRequest as refused:
+            reason = "; ".join(e.description for e in refused.errors) or "payload_too_large"
+            await self._give_up(
+                accepted,
+                state.attempts,
+                client.provider,
+                f"payload_too_large: {reason}",
+                cause,
+                delivery,
+            )
             return
         provider = await self._providers.lookup(t, client.provider)
         if isinstance(provider, Unavailable) and provider.permanent:

@@ -74,7 +74,7 @@ async def register(log: InMemoryEventLog, client: str) -> None:
     await log.append(subject_for(event), encode_event(event))
 
 
-async def accept(log: InMemoryEventLog, client: str, message: str) -> None:
+async def accept(log: InMemoryEventLog, client: str, message: str, blob: str = "YQ==") -> None:
     event = NotificationAccepted(
         event_id=uuid.uuid4().hex,
         occurred_at=now(),
@@ -86,7 +86,7 @@ async def accept(log: InMemoryEventLog, client: str, message: str) -> None:
         flags=1,
         flag_names=("encrypted",),
         encrypted=True,
-        blob="YQ==",
+        blob=blob,
     )
     await log.append(subject_for(event), encode_event(event), idempotency_key=event.dedup_key)
 
@@ -258,3 +258,21 @@ async def test_dispatchers_sharing_the_durable_send_each_notification_once(
     stop.set()
     await asyncio.gather(*tasks)
     assert sorted(a.sent + b.sent) == sorted(f"m{i}" for i in range(100))
+
+
+async def test_a_payload_too_large_for_the_clients_provider_now_is_never_sent(
+    log: InMemoryEventLog,
+) -> None:
+    """Accepted while the client was on FCM (whose limit it fits), sent after it moved to a
+    provider whose body it does not fit: it fails for good, and nothing reaches the provider."""
+    provider = ScriptedProvider()
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher(log, provider).run(stop))
+    await accept(log, "c1", "big", blob="A" * 3960)
+    await until(log, lambda ev: count(NotificationDeliveryFailed, ev) == 1)
+    stop.set()
+    await task
+    (failed,) = [e for e in await events(log) if isinstance(e, NotificationDeliveryFailed)]
+    assert failed.permanent
+    assert failed.reason.startswith("payload_too_large")
+    assert provider.sent == []
