@@ -197,7 +197,7 @@ class ProviderRegistry:
         )
         self._metrics = metrics
         self._held: dict[tuple[str, ProviderType], _Held] = {}
-        self._building = asyncio.Lock()
+        self._building: dict[tuple[str, ProviderType], asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._built = metrics.counter(
             "relaypush_tenant_providers_built_total",
@@ -214,10 +214,12 @@ class ProviderRegistry:
         default: Mapping[str, Provider],
         credentials: CredentialSource | None,
         metrics: Registry = REGISTRY,
+        tenants: TenantStatuses | None = None,
     ) -> ProviderRegistry:
-        """A registry reading tenants from ``event_log`` and credentials from ``credentials``."""
+        """A registry reading tenants from ``event_log`` (through ``tenants``, the process's
+        tenant cache, when given) and credentials from ``credentials``."""
         return cls(
-            tenants=TenantStatuses(event_log),
+            tenants=tenants or TenantStatuses(event_log),
             credentials=credentials,
             endpoints=Endpoints.from_settings(settings),
             default=default,
@@ -241,7 +243,10 @@ class ProviderRegistry:
         held = self._held.get(key)
         if held is not None and held.fingerprint == fingerprint:
             return held.provider
-        async with self._building:
+        # one build at a time per tenant and type: a slow or absent credential store never
+        # holds up the providers of other tenants, nor those already built
+        building = self._building.setdefault(key, asyncio.Lock())
+        async with building:
             held = self._held.get(key)
             if held is not None and held.fingerprint == fingerprint:
                 return held.provider
@@ -273,8 +278,9 @@ class ProviderRegistry:
         if self._credentials is None:
             return Unavailable("credentials_unavailable: no credential store", permanent=False)
         try:
-            credential = await self._credentials.load(tenant_id, kind, fingerprint)
-        except Exception as exc:  # store down, key missing: retried until the deadline
+            async with asyncio.timeout(self._endpoints.timeout):
+                credential = await self._credentials.load(tenant_id, kind, fingerprint)
+        except Exception as exc:  # store down or slow, key missing: retried until the deadline
             log.error(
                 "tenant_credentials_unavailable",
                 tenant_id=tenant_id,
