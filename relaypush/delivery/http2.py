@@ -71,6 +71,8 @@ STREAM_WINDOW: Final = 1 << 20
 CONNECTION_WINDOW: Final = 1 << 24
 #: The largest frame we accept (the default SETTINGS_MAX_FRAME_SIZE; we do not raise it).
 MAX_FRAME: Final = 16384
+#: Streams per connection when the server sets no MAX_CONCURRENT_STREAMS (RFC 9113: no limit).
+UNLIMITED_STREAMS: Final = 1000
 #: Retire a connection before its stream ids run out (2**31 - 1 is the last odd one).
 LAST_STREAM_ID: Final = (1 << 31) - 1024
 _MAX_WINDOW: Final = (1 << 31) - 1
@@ -192,7 +194,7 @@ class _Connection(asyncio.Protocol):
         self._received = 0  # connection-level bytes not yet given back
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self.lost: asyncio.Future[None] = self._loop.create_future()
-        self.max_streams = 1  # until the server's SETTINGS say otherwise
+        self.max_streams = 0  # no stream before the server's SETTINGS
         self.reserved = 0  # streams promised to sends (in flight or about to be)
         self.retired = False
 
@@ -428,6 +430,8 @@ class _Connection(asyncio.Protocol):
     def _settings_received(self, stream_id: int, payload: bytes) -> None:
         if stream_id or len(payload) % 6:
             raise _ProtocolError(FRAME_SIZE_ERROR, "a malformed SETTINGS frame")
+        if not self._ready.done():
+            self.max_streams = UNLIMITED_STREAMS  # unless these first SETTINGS set a limit
         for offset in range(0, len(payload), 6):
             code, value = _SETTING.unpack_from(payload, offset)
             if code == MAX_CONCURRENT_STREAMS:
