@@ -35,6 +35,10 @@ through the project's own ``ApnsProvider`` and FCM through plain httpx HTTP/2 wi
 stand-in's OAuth token, each alone and both at once in the same split as the pushes. Results are
 printed and written as JSON to bench/results/.
 
+``python -m bench.delivery --provider-clients [--node-dir DIR] ...`` measures only the APNs and
+FCM clients: client CPU per send of each candidate client, each in a process of its own, next
+to the stand-ins' and the Node.js peer's (see ``bench/provider_clients.py``).
+
 ``python -m bench.delivery --stand-in apns|fcm ...`` is a stand-in process (the
 ``relaypush.testing`` stand-ins, counting what they receive); the benchmark starts them.
 """
@@ -854,6 +858,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument("--profile", action="store_true", help="py-spy the API and dispatcher")
     parser.add_argument("--profile-seconds", type=int, default=8)
+    parser.add_argument(
+        "--provider-clients",
+        action="store_true",
+        help="only measure client CPU per send of candidate APNs and FCM clients "
+        "(bench/provider_clients.py)",
+    )
+    from bench.provider_clients import add_arguments
+
+    add_arguments(parser.add_argument_group("--provider-clients"))
     # the stand-in processes the benchmark starts
     parser.add_argument("--stand-in", choices=["apns", "fcm"], help=argparse.SUPPRESS)
     parser.add_argument("--summary", help=argparse.SUPPRESS)
@@ -1098,6 +1111,12 @@ def report(
 
 def _entry() -> None:
     args = _parser().parse_args()
+    if args.provider_clients:
+        from bench.provider_clients import run
+
+        configure_logging("console", "warning")
+        run(args)
+        return
     if args.stand_in:
         # plain asyncio, as ``python -m relaypush.testing.apns`` runs them: the stand-ins' server
         # wants an ``asyncio.Transport``, which uvloop's TLS transport is not
