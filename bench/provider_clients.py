@@ -99,10 +99,9 @@ class HttpxApns:
     """APNs through httpx: the same headers, body and outcome table as ``ApnsProvider``."""
 
     def __init__(
-        self, token: ProviderToken, url: str, ca_file: Path, *, http2: bool, in_flight: int
+        self, token: ProviderToken, url: str, ca_file: Path, *, http2: bool, connections: int
     ) -> None:
         self._token = token
-        connections = 4 if http2 else in_flight
         self._client = httpx.AsyncClient(
             base_url=url,
             http2=http2,
@@ -149,7 +148,7 @@ class HttpxApns:
 class HttpxFcm:
     """FCM through httpx HTTP/2, as ``FcmProvider`` sent before it had its own HTTP/2 client."""
 
-    def __init__(self, info: dict[str, Any], url: str, ca_file: Path, *, in_flight: int) -> None:
+    def __init__(self, info: dict[str, Any], url: str, ca_file: Path) -> None:
         verify = ssl.create_default_context(cafile=str(ca_file))
         credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
             info, scopes=[FCM_SCOPE], additional_claims={"aud": info["token_uri"]}
@@ -226,18 +225,19 @@ def _make_sender(args: argparse.Namespace) -> _Sender:
             )
         if candidate.startswith("httpx"):
             http2 = candidate == "httpx-h2"
-            return HttpxApns(token, args.url, ca_file, http2=http2, in_flight=args.in_flight)
+            connections = 4 if http2 else args.h1_connections
+            return HttpxApns(token, args.url, ca_file, http2=http2, connections=connections)
         sender = ApnsProvider(token, topic=TOPIC, url=args.url, ca_file=ca_file, metrics=Registry())
     else:
         info = json.loads(Path(args.credentials_file).read_text())
         if candidate == "httpx-h2":
-            return HttpxFcm(info, args.url, ca_file, in_flight=args.in_flight)
+            return HttpxFcm(info, args.url, ca_file)
         sender = FcmProvider.from_service_account(
             info,
             base_url=args.url,
             verify=ca_file,
             http2=candidate != "httpx-h1",
-            max_connections=args.in_flight if candidate == "httpx-h1" else 4,
+            max_connections=args.h1_connections if candidate == "httpx-h1" else 4,
             metrics=Registry(),
         )
     if candidate == "h2-library":
@@ -393,6 +393,7 @@ async def main(args: argparse.Namespace, node_dir: Path | None) -> None:
         credentials_file = tmp / "fcm-service-account.json"
         common = ["--sends", str(args.sends), "--warmup", str(args.warmup)]
         common += ["--in-flight", str(args.in_flight), "--client-loop", args.client_loop]
+        common += ["--h1-connections", str(args.h1_connections)]
         common += ["--key", f"{KEY_ID}:{TEAM_ID}:{key_file}"]
         common += ["--credentials-file", str(credentials_file)]
         apns = await start_stand_in("apns", tmp, "--key", f"{KEY_ID}:{TEAM_ID}:{key_file}")
@@ -412,6 +413,8 @@ async def main(args: argparse.Namespace, node_dir: Path | None) -> None:
             for number in range(1, args.rounds + 1):
                 for target in targets:
                     for candidate in target.candidates:
+                        if args.only and candidate not in args.only.split(","):
+                            continue
                         print(
                             f"round {number}: {target.provider} against the {target.stand_in} "
                             f"stand-in: {candidate} ...",
@@ -540,6 +543,10 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     parser.add_argument("--warmup", type=int, default=2000, help="untimed sends first")
     parser.add_argument("--in-flight", type=int, default=128, help="sends in flight")
     parser.add_argument("--rounds", type=int, default=2, help="run every client this many times")
+    parser.add_argument("--only", help="measure only these clients (comma-separated names)")
+    parser.add_argument(
+        "--h1-connections", type=int, default=32, help="connections of the HTTP/1.1 clients"
+    )
     parser.add_argument("--node-dir", help="peer-apns folder with node_modules (node-apn)")
     parser.add_argument("--client-loop", choices=["uvloop", "asyncio"], default="uvloop")
 
