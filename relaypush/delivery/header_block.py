@@ -19,6 +19,7 @@ when nobody reads it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Final
 
@@ -34,7 +35,7 @@ STATIC_TABLE: Final[tuple[tuple[bytes, bytes], ...]] = tuple(HeaderTable.STATIC_
 _STATIC_NAMES: Final = {name: i for i, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 _STATIC_PAIRS: Final = {pair: i for i, pair in enumerate(STATIC_TABLE, 1) if pair[1]}
 _NEVER_INDEXED: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
-_CACHE_LIMIT: Final = 512
+_CACHE_SIZE: Final = 1024  # fields (and names) remembered; a request's constant ones stay
 
 
 class CompressionError(Exception):
@@ -58,7 +59,9 @@ def _integer(value: int, prefix_bits: int, first: int) -> bytes:
     return bytes(out)
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _field(name: bytes, value: bytes) -> bytes:
+    """One field's representation: it depends on nothing else, so it is cached by value."""
     index = _STATIC_PAIRS.get((name, value))
     if index is not None:
         return _integer(index, 7, 0x80)
@@ -71,22 +74,9 @@ def _field(name: bytes, value: bytes) -> bytes:
     return head + _integer(len(value), 7, 0) + value
 
 
-_encoded: dict[tuple[bytes, bytes], bytes] = {}
-
-
 def encode(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     """The header block of ``headers`` (lower-case names, pseudo-headers first)."""
-    cache = _encoded
-    parts = []
-    for header in headers:
-        encoded = cache.get(header)
-        if encoded is None:
-            encoded = _field(*header)
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()  # unique values (paths, ids) pass through; the rest come back
-            cache[header] = encoded
-        parts.append(encoded)
-    return b"".join(parts)
+    return b"".join([_field(name, value) for name, value in headers])
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -152,7 +142,9 @@ def _read_string(data: bytes, pos: int) -> tuple[bytes, bool, int]:
     return data[pos:end], huffman, end
 
 
-_names: dict[bytes, bytes] = {}
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _huffman_name(raw: bytes) -> bytes:
+    return _huffman(raw)
 
 
 def _read_name(data: bytes, pos: int, index: int) -> tuple[bytes, int]:
@@ -161,15 +153,7 @@ def _read_name(data: bytes, pos: int, index: int) -> tuple[bytes, int]:
             raise CompressionError(f"index {index} is in the dynamic table, which is empty")
         return STATIC_TABLE[index - 1][0], pos
     raw, huffman, pos = _read_string(data, pos)
-    if not huffman:
-        return raw, pos
-    name = _names.get(raw)
-    if name is None:
-        name = _huffman(raw)
-        if len(_names) >= _CACHE_LIMIT:
-            _names.clear()
-        _names[raw] = name
-    return name, pos
+    return (_huffman_name(raw) if huffman else raw), pos
 
 
 def decode(block: bytes) -> Fields:

@@ -218,6 +218,7 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, headers: Sequence[Header], body: bytes) -> Response:
         """Send one request on a new stream and wait for its whole answer."""
         if self._transport is None or self._transport.is_closing():
+            self._pool.retire(self, "closed")
             raise ConnectionClosed("the connection is closed")
         stream_id = self._next_stream
         self._next_stream += 2
