@@ -71,6 +71,8 @@ STREAM_WINDOW: Final = 1 << 20
 CONNECTION_WINDOW: Final = 1 << 24
 #: The largest frame we accept (the default SETTINGS_MAX_FRAME_SIZE; we do not raise it).
 MAX_FRAME: Final = 16384
+#: The largest header block we take from a server (HEADERS and its CONTINUATION frames).
+MAX_HEADER_BLOCK: Final = 1 << 20
 #: Streams per connection when the server sets no MAX_CONCURRENT_STREAMS (RFC 9113: no limit).
 UNLIMITED_STREAMS: Final = 1000
 #: Retire a connection before its stream ids run out (2**31 - 1 is the last odd one).
@@ -348,6 +350,8 @@ class _Connection(asyncio.Protocol):
             if self._continued is None or self._continued[0] != stream_id:
                 raise _ProtocolError(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
             self._continued[2].extend(payload)
+            if len(self._continued[2]) > MAX_HEADER_BLOCK:
+                raise _ProtocolError(PROTOCOL_ERROR, "a header block past 1 MiB")
             if flags & END_HEADERS:
                 stream, first_flags, block = self._continued
                 self._continued = None
