@@ -1,12 +1,13 @@
 """APNs delivery over HTTP/2: token (.p8) or certificate (.p12 / .pem) authentication.
 
-Requests go through :class:`~relaypush.delivery.http2.Http2Pool` (our own small client on h2):
+Requests go through :class:`~relaypush.delivery.http2.Http2Pool`, relaypush's own HTTP/2 client:
 a few TLS connections to ``apns_url`` (or ``apns_sandbox_url``), trusting ``apns_ca_file``
 when set, each carrying up to the server's ``MAX_CONCURRENT_STREAMS`` requests at once. A
 request is :func:`apns_body` byte for byte with the contract's headers (``apns-id``,
 ``apns-topic``, ``apns-push-type: alert``, ``apns-priority: 10`` and, with a key, the
 ``authorization`` of :class:`ProviderToken`: one ES256 JWT per key, shared by every connection
 and by the production and sandbox providers of that key, renewed once it is 40 minutes old).
+A 200 is delivered under the ``apns-id`` sent, which APNs echoes (so it is not decoded).
 
 Every send is bounded by ``timeout``. A connection whose request timed out leaves the pool at
 once (the next send opens a fresh one) and closes when its last stream is done; after GOAWAY
@@ -38,7 +39,8 @@ from relaypush.delivery.apns_auth import (
     credentials_from_settings,
 )
 from relaypush.delivery.apns_outcomes import REASONS, outcome_for
-from relaypush.delivery.http2 import Http2Error, Http2Pool, Origin, Response
+from relaypush.delivery.http2 import Http2Error, Origin, Response
+from relaypush.delivery.http2_pool import Http2Pool
 from relaypush.delivery.outcomes import CredentialsInvalid, Outcome, Retry, Target
 from relaypush.domain.events import NotificationAccepted
 from relaypush.domain.provider_payload import apns_body, apns_id

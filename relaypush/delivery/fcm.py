@@ -44,7 +44,8 @@ from google.oauth2 import service_account
 
 from relaypush.config import ConfigError, Settings
 from relaypush.delivery.google_oauth import ServiceAccountTokens, TokenUnavailable
-from relaypush.delivery.http2 import Http2Error, Http2Pool, Origin
+from relaypush.delivery.http2 import Http2Error, Origin
+from relaypush.delivery.http2_pool import Http2Pool
 from relaypush.delivery.outcomes import (
     CredentialsInvalid,
     Delivered,

@@ -1,10 +1,11 @@
 """A lean HTTP/2 client for the providers: a few TLS connections, many streams on each.
 
-APNs and FCM (in HTTP/2 mode) send through :class:`Http2Pool`. A provider sends one small POST
-and reads one small answer, millions of times, and the client's CPU per send is what limits a
+APNs and FCM (in HTTP/2 mode) send through :class:`~relaypush.delivery.http2_pool.Http2Pool`,
+which holds this module's :class:`Connection` objects. A provider sends one small POST and
+reads one small answer, millions of times, and the client's CPU per send is what limits a
 dispatcher, so this client does only that, with the framing of RFC 9113 written out here and
-header compression in :mod:`relaypush.delivery.header_block` (no h2 state machine: it cost more
-than twice this client's CPU per send; see docs/performance.md, "Provider clients"):
+header compression in :mod:`relaypush.delivery.header_block` (no h2 state machine: on h2 the
+same client cost three times the CPU per send; see docs/performance.md, "Provider clients"):
 
 - **Requests**: HEADERS (CONTINUATION past the server's frame size) and DATA with END_STREAM,
   built in one go; the frames of every request made in one turn of the event loop leave in one
@@ -35,33 +36,27 @@ Failures, each an :class:`Http2Error` (the caller answers Retry):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import struct
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Protocol, cast
 from urllib.parse import urlsplit
-
-import structlog
 
 from relaypush.delivery import header_block
 from relaypush.delivery.header_block import CompressionError, Fields
 
 __all__ = [
     "ConnectFailed",
+    "Connection",
     "ConnectionClosed",
     "Header",
     "Http2Error",
-    "Http2Pool",
     "Origin",
+    "Owner",
     "PoolClosed",
     "Response",
     "StreamReset",
 ]
-
-log = structlog.get_logger(__name__)
 
 Header = tuple[bytes, bytes]
 
@@ -174,10 +169,20 @@ class _Exchange:
     unacked: int = 0  # bytes received and not yet given back with WINDOW_UPDATE
 
 
-class _Connection(asyncio.Protocol):
+class Owner(Protocol):
+    """What a connection tells the pool that holds it."""
+
+    def retire(self, connection: Connection, why: str) -> None:
+        """``connection`` takes no new streams (and closes once idle)."""
+
+    def room(self) -> None:
+        """Streams may have come free (new SETTINGS)."""
+
+
+class Connection(asyncio.Protocol):
     """One TLS connection speaking HTTP/2, answering each stream when it ends."""
 
-    def __init__(self, pool: Http2Pool) -> None:
+    def __init__(self, pool: Owner) -> None:
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -510,166 +515,3 @@ class _Connection(asyncio.Protocol):
         if not self._ready.done():
             self._ready.set_exception(ConnectionClosed(why))
             self._ready.exception()  # retrieved: nobody may be waiting any more
-
-
-class Http2Pool:
-    """HTTP/2 connections to one origin, shared by every request to it.
-
-    ``opened`` and ``retired(why)`` are called when a connection is made and when one leaves
-    the pool (for metrics and logs). ``timeout`` bounds each request, connecting included.
-    """
-
-    def __init__(
-        self,
-        origin: Origin,
-        context: ssl.SSLContext,
-        *,
-        timeout: float,
-        max_connections: int = 4,
-        opened: Callable[[], None] | None = None,
-        retired: Callable[[str], None] | None = None,
-    ) -> None:
-        self.origin = origin
-        self.timeout = timeout
-        self.max_connections = max_connections
-        self._context = context
-        self._on_opened = opened
-        self._on_retired = retired
-        self._connections: list[_Connection] = []
-        self._retiring: set[_Connection] = set()
-        self._connecting = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._closed = False
-
-    @property
-    def connections(self) -> int:
-        """Connections open in the pool (not counting retired ones still finishing)."""
-        return len(self._connections)
-
-    async def request(self, headers: Sequence[Header], body: bytes) -> Response:
-        """Send one request (pseudo-headers first, lower-case names) and return its answer.
-
-        Raises ``TimeoutError`` past ``timeout``, :class:`Http2Error` when no whole answer came.
-        """
-        if self._closed:
-            raise PoolClosed("the HTTP/2 pool is closed")
-        connection: _Connection | None = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                connection = await self._acquire()
-                try:
-                    return await connection.exchange(headers, body)
-                finally:
-                    connection.reserved -= 1
-                    if connection.retired:
-                        if connection.idle:
-                            connection.close()
-                    else:
-                        self._wake_one()
-        except TimeoutError:
-            if connection is not None:
-                self.retire(connection, "timeout")
-            raise
-        except OSError as exc:
-            if connection is not None:
-                self.retire(connection, f"{type(exc).__name__}: {exc}")
-            raise ConnectionClosed(f"{type(exc).__name__}: {exc}") from exc
-
-    def retire(self, connection: _Connection, why: str) -> None:
-        """Take ``connection`` out of use; it closes once no stream is waiting on it."""
-        if not connection.retired:
-            connection.retired = True
-            if connection in self._connections:
-                self._connections.remove(connection)
-                self._retiring.add(connection)
-                connection.lost.add_done_callback(lambda _: self._retiring.discard(connection))
-                if self._on_retired is not None:
-                    self._on_retired(why)
-            self.room()
-        if connection.idle:
-            connection.close()
-
-    def room(self) -> None:
-        """Connections changed (opened, retired, new limits): every waiting send looks again."""
-        waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _wake_one(self) -> None:
-        """One stream came free: the first send still waiting takes it."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    async def close(self) -> None:
-        """Close every connection; later requests raise :class:`PoolClosed`."""
-        self._closed = True
-        connections = [*self._connections, *self._retiring]
-        self._connections, self._retiring = [], set()
-        for connection in connections:
-            connection.retired = True
-            connection.close()
-        if connections:
-            await asyncio.wait([c.lost for c in connections], timeout=self.timeout)
-        self.room()
-
-    async def _acquire(self) -> _Connection:
-        """A connection with a stream reserved for the caller: an open one with room, else a
-        new one (one opening at a time, up to ``max_connections``), else wait for room."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._closed:
-                raise PoolClosed("the HTTP/2 pool is closed")
-            for connection in self._connections:
-                if connection.has_room:
-                    connection.reserved += 1
-                    return connection
-            if not self._connecting and len(self._connections) < self.max_connections:
-                self._connecting = True
-                try:
-                    connection = await self._open()
-                finally:
-                    self._connecting = False
-                    self.room()
-                self._connections.append(connection)
-                continue
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # woken, then cancelled: pass the free stream on
-                raise
-
-    async def _open(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        origin = self.origin
-        try:
-            _, protocol = await loop.create_connection(
-                lambda: _Connection(self),
-                origin.host,
-                origin.port,
-                ssl=self._context,
-                server_hostname=origin.host,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("http2_connect_failed", origin=origin.authority, error=str(exc))
-            raise ConnectFailed(f"cannot connect to {origin.authority}: {exc}") from exc
-        connection = protocol
-        try:
-            alpn = connection.alpn()
-            if alpn not in (None, "h2"):
-                raise ConnectFailed(f"{origin.authority} does not speak HTTP/2 (ALPN {alpn!r})")
-            await connection.ready()
-        except BaseException:
-            connection.retired = True
-            with contextlib.suppress(Exception):
-                connection.close()
-            raise
-        if self._on_opened is not None:
-            self._on_opened()
-        return connection

@@ -20,12 +20,8 @@ import h2.events
 import h2.settings
 import pytest
 
-from relaypush.delivery.http2 import (
-    ConnectionClosed,
-    Http2Pool,
-    Origin,
-    StreamReset,
-)
+from relaypush.delivery.http2 import ConnectionClosed, Origin, StreamReset
+from relaypush.delivery.http2_pool import Http2Pool
 from relaypush.testing.tls import issue_server_certificate
 
 Answer = Callable[["Server", int, dict[bytes, bytes], bytes], Coroutine[Any, Any, None]]
