@@ -32,9 +32,13 @@ concurrency (optionally paced at ``--rate`` per second). It reports:
 
 In the same run (before and after the end-to-end runs) it measures the ceiling: what the
 stand-ins take from a bare client in this process at ``--ceiling-concurrency`` in flight, APNs
-through the project's own ``ApnsProvider`` and FCM through plain httpx HTTP/2 with the
-stand-in's OAuth token, each alone and both at once in the same split as the pushes. Results are
-printed and written as JSON to bench/results/.
+through the project's own ``ApnsProvider`` and FCM through its ``FcmProvider`` (OAuth through
+the stand-in's token endpoint), each alone and both at once in the same split as the pushes.
+Results are printed and written as JSON to bench/results/.
+
+``python -m bench.delivery --provider-clients [--node-dir DIR] ...`` measures only the APNs and
+FCM clients: client CPU per send of each candidate client, each in a process of its own, next
+to the stand-ins' and the Node.js peer's (see ``bench/provider_clients.py``).
 
 Web Push (``--webpush-share`` of the clients, the rest split by ``--fcm-share``) goes to the
 Web Push stand-in (VAPID checked, every message decrypted and counted by its blob), configured
@@ -56,7 +60,6 @@ import itertools
 import json
 import os
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
@@ -71,14 +74,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-import msgspec
 import nats
 import nats.js.errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from google.oauth2 import service_account
 
 from bench.loadgen import build_request, percentile, run_load
 from bench.push import free_port, wait_healthy
@@ -86,8 +87,7 @@ from eventstore.jetstream import JetStreamEventLog
 from relaypush.auth.relay_signature import make_relay_signature
 from relaypush.config import Settings
 from relaypush.delivery.apns import ApnsProvider
-from relaypush.delivery.fcm import FCM_SCOPE
-from relaypush.delivery.google_oauth import ServiceAccountTokens
+from relaypush.delivery.fcm import FcmProvider
 from relaypush.delivery.outcomes import Delivered, Target
 from relaypush.delivery.vapid import VapidKey
 from relaypush.delivery.webpush import WebPushProvider
@@ -98,7 +98,7 @@ from relaypush.domain.events import (
     NotifyMessage,
     decode_event,
 )
-from relaypush.domain.provider_payload import apns_id, fcm_message
+from relaypush.domain.provider_payload import apns_id
 from relaypush.embedded import EmbeddedNats, die_with_parent
 from relaypush.logs import configure_logging
 from relaypush.testing.apns import ApnsStandIn
@@ -443,31 +443,18 @@ async def measure_ceiling(
     label: str,
     roles: dict[str, list[int]],
 ) -> Ceiling:
-    """APNs through ``ApnsProvider``, FCM through bare httpx HTTP/2, Web Push through
+    """APNs through ``ApnsProvider``, FCM through ``FcmProvider``, Web Push through
     ``WebPushProvider``, each alone, then APNs and FCM both."""
     result = Ceiling()
     apns = ApnsProvider.from_settings(settings, sandbox=False, timeout=settings.send_timeout)
     assert apns is not None
     webpush = WebPushProvider.from_settings(settings, timeout=settings.send_timeout)
     assert webpush is not None
-    verify = ssl.create_default_context(cafile=str(settings.fcm_ca_file))
-    credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-        fcm_info, scopes=[FCM_SCOPE], additional_claims={"aud": fcm_info["token_uri"]}
-    )
-    tokens = ServiceAccountTokens(credentials, verify=verify)
-    bearer = await tokens.get()
-    tokens.close()
-    path = f"/v1/projects/{fcm_info['project_id']}/messages:send"
-    fcm = httpx.AsyncClient(
+    fcm = FcmProvider.from_service_account(
+        fcm_info,
         base_url=settings.fcm_url,
-        http2=True,
-        verify=verify,
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-        timeout=httpx.Timeout(settings.send_timeout),
-        headers={
-            "content-type": "application/json; charset=UTF-8",
-            "authorization": f"Bearer {bearer}",
-        },
+        verify=settings.fcm_ca_file,
+        timeout=settings.send_timeout,
     )
 
     def apns_batch(tag: str, n: int) -> Callable[[int], Awaitable[bool]]:
@@ -488,23 +475,19 @@ async def measure_ceiling(
         return send
 
     def fcm_batch(tag: str, n: int) -> Callable[[int], Awaitable[bool]]:
-        bodies = []
+        batch = []
         for i in range(n):
             message_id = f"{label}-{tag}-{i}"
             client = f"ceiling-{i % 100}"
             notification = _notification("ceiling", client, message_id, encrypted=encrypted)
-            bodies.append(
-                msgspec.json.encode(fcm_message(notification, f"ceiling-token-{i % 100}"))
+            batch.append(
+                (notification, Target("ceiling", client, "fcm", f"ceiling-token-{i % 100}"))
             )
             assert notification.blob is not None
             result.fcm_keys.add(notification.blob)
 
         async def send(i: int) -> bool:
-            try:
-                response = await fcm.post(path, content=bodies[i])
-            except httpx.HTTPError:
-                return False
-            return response.status_code == 200
+            return isinstance(await fcm.send(*batch[i]), Delivered)
 
         return send
 
@@ -559,7 +542,7 @@ async def measure_ceiling(
         result.both_per_s = await timed("both", *runs)
     finally:
         await apns.close()
-        await fcm.aclose()
+        await fcm.close()
         await webpush.close()
     return result
 
@@ -935,6 +918,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=300.0)
     parser.add_argument("--profile", action="store_true", help="py-spy the API and dispatcher")
     parser.add_argument("--profile-seconds", type=int, default=8)
+    parser.add_argument(
+        "--provider-clients",
+        action="store_true",
+        help="only measure client CPU per send of candidate APNs and FCM clients "
+        "(bench/provider_clients.py)",
+    )
+    from bench.provider_clients import add_arguments
+
+    add_arguments(parser.add_argument_group("--provider-clients"))
     # the stand-in processes the benchmark starts
     parser.add_argument("--stand-in", choices=["apns", "fcm", "webpush"], help=argparse.SUPPRESS)
     parser.add_argument("--application-server-key", help=argparse.SUPPRESS)
@@ -1110,7 +1102,7 @@ def report(
     )
     steps = (
         ("apns", "APNs via ApnsProvider", before.apns_per_s, after.apns_per_s),
-        ("fcm", "FCM via httpx HTTP/2", before.fcm_per_s, after.fcm_per_s),
+        ("fcm", "FCM via FcmProvider", before.fcm_per_s, after.fcm_per_s),
         ("webpush", "Web Push via provider", before.webpush_per_s, after.webpush_per_s),
         ("both", f"both ({args.fcm_share:.0%} FCM)", before.both_per_s, after.both_per_s),
     )
@@ -1248,6 +1240,12 @@ def report(
 
 def _entry() -> None:
     args = _parser().parse_args()
+    if args.provider_clients:
+        from bench.provider_clients import run
+
+        configure_logging("console", "warning")
+        run(args)
+        return
     if args.stand_in:
         # plain asyncio, as ``python -m relaypush.testing.apns`` runs them: the stand-ins' server
         # wants an ``asyncio.Transport``, which uvloop's TLS transport is not

@@ -1,55 +1,34 @@
 """APNs delivery over HTTP/2: token (.p8) or certificate (.p12 / .pem) authentication.
 
-The one module that touches aioapns internals. From aioapns we keep the connection pool
-(``acquire`` reuses a connection with a free stream and opens more up to ``max_connections``),
-the TLS + h2 connection, stream ids bounded by the server's ``MAX_CONCURRENT_STREAMS`` and the
-idle timer. We replace what does not fit the contract:
-
-- the endpoint: aioapns hard-codes Apple's hosts; ours come from ``apns_url`` /
-  ``apns_sandbox_url``, trusting ``apns_ca_file`` when set;
-- the JWT: aioapns signs one per connection (with pyjwt) and renews it after 30 minutes. Ours is
-  :class:`ProviderToken`: one per key, shared by every connection and by the production and
-  sandbox providers of that key, signed with ``cryptography``, renewed once it is 40 minutes old
-  (Apple wants renewals no more often than every 20 minutes and at least every 60);
-- the exchange: aioapns re-encodes a dict with ``json.dumps`` and matches answers by their
-  ``apns-id`` header, parsing each DATA frame as JSON, so an error with no JSON body or no
-  ``apns-id`` is never answered. We send :func:`apns_body` byte for byte with the contract's
-  headers, collect status, headers and body per stream and answer at END_STREAM, RST_STREAM
-  or GOAWAY.
+Requests go through :class:`~relaypush.delivery.http2.Http2Pool`, relaypush's own HTTP/2 client:
+a few TLS connections to ``apns_url`` (or ``apns_sandbox_url``), trusting ``apns_ca_file``
+when set, each carrying up to the server's ``MAX_CONCURRENT_STREAMS`` requests at once. A
+request is :func:`apns_body` byte for byte with the contract's headers (``apns-id``,
+``apns-topic``, ``apns-push-type: alert``, ``apns-priority: 10`` and, with a key, the
+``authorization`` of :class:`ProviderToken`: one ES256 JWT per key, shared by every connection
+and by the production and sandbox providers of that key, renewed once it is 40 minutes old).
+A 200 is delivered under the ``apns-id`` sent, which APNs echoes (so it is not decoded).
 
 Every send is bounded by ``timeout``. A connection whose request timed out leaves the pool at
 once (the next send opens a fresh one) and closes when its last stream is done; after GOAWAY
-or a connection error, every send waiting on it answers Retry at once and it is closed.
-Answers are sorted by :data:`REASONS` (in :mod:`relaypush.delivery.apns_outcomes`); an unknown
-reason is retried and logged.
+the connection takes no new streams and the sends the server did not take answer Retry at once,
+and after a connection error every send waiting on it does. Answers are sorted by
+:data:`REASONS` (in :mod:`relaypush.delivery.apns_outcomes`); an unknown reason is retried and
+logged.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import h2.errors
-import h2.events
-import h2.exceptions
 import msgspec
 import structlog
-from aioapns.connection import (
-    APNsBaseClientProtocol,
-    APNsBaseConnectionPool,
-    APNsTLSClientProtocol,
-)
-from aioapns.exceptions import ConnectionClosed
-from aioapns.exceptions import ConnectionError as ApnsConnectError
-from h2.settings import SettingCodes
 
 from relaypush.config import ConfigError, Settings
 from relaypush.delivery.apns_auth import (
@@ -58,6 +37,8 @@ from relaypush.delivery.apns_auth import (
     credentials_from_settings,
 )
 from relaypush.delivery.apns_outcomes import REASONS, outcome_for
+from relaypush.delivery.http2 import Http2Error, Origin, Response
+from relaypush.delivery.http2_pool import Http2Pool
 from relaypush.delivery.outcomes import CredentialsInvalid, Outcome, Retry, Target
 from relaypush.delivery.retry_after import retry_after
 from relaypush.domain.events import NotificationAccepted
@@ -69,231 +50,7 @@ __all__ = ["REASONS", "ApnsCertificate", "ApnsProvider", "ProviderToken", "outco
 
 log = structlog.get_logger(__name__)
 
-_CLOSING_ERRORS: Final = (ConnectionClosed, ApnsConnectError, h2.exceptions.H2Error, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class _Endpoint:
-    host: str
-    port: int
-    authority: str
-
-    @classmethod
-    def parse(cls, url: str) -> _Endpoint:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ConfigError(f"an APNs URL is https://host[:port], not {url!r}")
-        port = parts.port or 443
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        return cls(parts.hostname, port, host if port == 443 else f"{host}:{port}")
-
-
-@dataclass(slots=True)
-class _Exchange:
-    """One request's stream: the answer so far, and the future that gets it when complete."""
-
-    future: asyncio.Future[_Exchange]
-    status: int = 0
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
-
-
-class _Connection(APNsTLSClientProtocol):
-    """aioapns's h2 connection, with our request and a per-stream answer."""
-
-    def __init__(self, pool: _Pool) -> None:
-        super().__init__(pool.apns_topic or "", asyncio.get_running_loop(), None, None)
-        self._pool = pool
-        self._exchanges: dict[int, _Exchange] = {}
-        self._settled = asyncio.Event()  # the server's SETTINGS came (or the connection died)
-        self._window = asyncio.Event()
-        self.lost: asyncio.Future[None] = self.loop.create_future()
-        self.retired = False
-        self._flush_soon = False
-
-    @property
-    def is_busy(self) -> bool:
-        closing = self.transport is None or self.transport.is_closing()
-        return self.retired or closing or bool(super().is_busy)
-
-    async def settled(self) -> None:
-        """Wait for the server's SETTINGS, so the stream limit is known before the first send."""
-        await self._settled.wait()
-        if self.retired:
-            raise ConnectionClosed("closed before the server's SETTINGS arrived")
-
-    async def post(self, headers: list[tuple[str, str]], body: bytes) -> _Exchange:
-        """Send one request on a new stream and wait for its whole answer."""
-        stream_id: int = await self.free_channels.acquire()
-        exchange = _Exchange(self.loop.create_future())
-        self._exchanges[stream_id] = exchange
-        try:
-            self.conn.send_headers(stream_id, headers, end_stream=not body)
-            while body:
-                window = min(
-                    self.conn.local_flow_control_window(stream_id),
-                    self.conn.max_outbound_frame_size,
-                )
-                if window <= 0:
-                    self._window.clear()
-                    self.flush()
-                    await self._window.wait()
-                    if self.retired:
-                        raise ConnectionClosed("closed while waiting for flow control")
-                    continue
-                chunk, body = body[:window], body[window:]
-                self.conn.send_data(stream_id, chunk, end_stream=not body)
-            if not self._flush_soon:  # one write for all the requests made in this loop turn
-                self._flush_soon = True
-                self.loop.call_soon(self.flush)
-            return await exchange.future
-        finally:
-            if self._exchanges.pop(stream_id, None) is not None:  # cancelled or failed
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-                    self.flush()
-                self._stream_done()
-
-    def retire(self) -> None:
-        """Leave the pool now; close once no stream is waiting any more."""
-        if not self.retired:
-            self.retired = True
-            self._pool.retired(self)
-        if not self._exchanges:
-            self.close()
-
-    def flush(self) -> None:
-        self._flush_soon = False
-        if self.transport is not None and not self.transport.is_closing():
-            super().flush()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self._fail_all(f"HTTP/2 protocol error: {exc}")
-            return
-        for event in events:
-            exchange = self._exchanges.get(getattr(event, "stream_id", 0) or 0)
-            if isinstance(event, h2.events.ResponseReceived) and exchange is not None:
-                exchange.headers = dict(event.headers)
-                exchange.status = int(exchange.headers.get(b":status", b"0"))
-            elif isinstance(event, h2.events.DataReceived):
-                if exchange is not None:
-                    exchange.body += event.data
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded) and exchange is not None:
-                self._settle(event.stream_id, exchange)
-            elif isinstance(event, h2.events.StreamReset) and exchange is not None:
-                error = ConnectionClosed(f"stream reset by APNs ({event.error_code!r})")
-                self._settle(event.stream_id, exchange, error)
-            elif isinstance(event, h2.events.RemoteSettingsChanged):
-                limit = event.changed_settings.get(SettingCodes.MAX_CONCURRENT_STREAMS)
-                if limit is not None:
-                    self.free_channels.bound = limit.new_value
-                self._settled.set()
-                self._window.set()
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._window.set()
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._fail_all(f"GOAWAY from APNs ({event.error_code!r})")
-                return
-        self.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._fail_all(f"connection lost: {exc or 'closed'}")
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def _settle(self, stream_id: int, exchange: _Exchange, error: Exception | None = None) -> None:
-        del self._exchanges[stream_id]
-        self._stream_done()
-        if exchange.future.done():
-            return
-        if error is not None:
-            exchange.future.set_exception(error)
-        else:
-            exchange.future.set_result(exchange)
-
-    def _stream_done(self) -> None:
-        self.free_channels.release()
-        if self.retired and not self._exchanges:
-            self.close()
-
-    def _fail_all(self, why: str) -> None:
-        """The connection is finished: every waiting stream fails with ``why``."""
-        self.retired = True
-        self._pool.retired(self, why)
-        exchanges, self._exchanges = self._exchanges, {}
-        for exchange in exchanges.values():
-            if not exchange.future.done():
-                exchange.future.set_exception(ConnectionClosed(why))
-        self._settled.set()
-        self._window.set()
-        self.close()
-
-
-class _Pool(APNsBaseConnectionPool):
-    """aioapns's pool, opening :class:`_Connection`s to our endpoint."""
-
-    def __init__(
-        self,
-        endpoint: _Endpoint,
-        context: ssl.SSLContext,
-        topic: str,
-        *,
-        size: int,
-        metrics: Registry,
-    ) -> None:
-        super().__init__(topic=topic, max_connections=size, max_connection_attempts=1)
-        self.endpoint = endpoint
-        self.ssl_context = context
-        self._opened = metrics.counter(
-            "relaypush_apns_connections_opened_total", "APNs connections opened", ["endpoint"]
-        )
-        self._retired = metrics.counter(
-            "relaypush_apns_connections_retired_total",
-            "APNs connections taken out of use (timeout, GOAWAY, error, idle)",
-            ["endpoint"],
-        )
-
-    async def create_connection(self) -> _Connection:
-        try:
-            _, connection = await self.loop.create_connection(
-                lambda: _Connection(self),
-                self.endpoint.host,
-                self.endpoint.port,
-                ssl=self.ssl_context,
-                server_hostname=self.endpoint.host,
-            )
-        except OSError as exc:
-            log.warning("apns_connect_failed", endpoint=self.endpoint.authority, error=str(exc))
-            raise
-        assert isinstance(connection, _Connection)
-        try:
-            await connection.settled()
-        except BaseException:
-            connection.close()
-            raise
-        self._opened.inc(endpoint=self.endpoint.authority)
-        return connection
-
-    async def acquire(self) -> APNsBaseClientProtocol:
-        try:
-            return await super().acquire()
-        except ApnsConnectError as exc:  # aioapns logs the cause and raises without it
-            raise ApnsConnectError(f"cannot connect to {self.endpoint.authority}") from exc
-
-    def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
-        with contextlib.suppress(ValueError):
-            self.connections.remove(connection)
-
-    def retired(self, connection: _Connection, why: str = "retired") -> None:
-        if connection in self.connections:
-            self.discard_connection(connection)
-            self._retired.inc(endpoint=self.endpoint.authority)
-            log.info("apns_connection_retired", endpoint=self.endpoint.authority, why=why)
+_PATH: Final = "/3/device/"
 
 
 class _ErrorBody(msgspec.Struct):
@@ -316,17 +73,46 @@ class ApnsProvider:
         metrics: Registry = REGISTRY,
     ) -> None:
         self.topic = topic
-        self.endpoint = _Endpoint.parse(url)
+        try:
+            origin = Origin.parse(url)
+        except ValueError as exc:
+            raise ConfigError(f"an APNs URL is https://host[:port], not {url!r}") from exc
+        self.endpoint = origin
         self.timeout = timeout
         self._auth = auth
-        self._context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        self._context.set_alpn_protocols(["h2"])
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        context.set_alpn_protocols(["h2"])
         if isinstance(auth, ApnsCertificate):
-            auth.load_into(self._context)
-        self._max_connections = max_connections
+            auth.load_into(context)
         self._clock = clock
-        self._metrics = metrics
-        self._pool: _Pool | None = None  # made at the first send, inside the event loop
+        self._method: Final = ((b":method", b"POST"), (b":scheme", b"https"))
+        self._fixed: Final = (
+            (b":authority", origin.authority.encode()),
+            (b"apns-topic", topic.encode()),
+            (b"apns-push-type", b"alert"),
+            (b"apns-priority", b"10"),
+        )
+        opened = metrics.counter(
+            "relaypush_apns_connections_opened_total", "APNs connections opened", ["endpoint"]
+        )
+        retired = metrics.counter(
+            "relaypush_apns_connections_retired_total",
+            "APNs connections taken out of use (timeout, GOAWAY, error, idle)",
+            ["endpoint"],
+        )
+
+        def on_retired(why: str) -> None:
+            retired.inc(endpoint=origin.authority)
+            log.info("apns_connection_retired", endpoint=origin.authority, why=why)
+
+        self._pool = Http2Pool(
+            origin,
+            context,
+            timeout=timeout,
+            max_connections=max_connections,
+            opened=lambda: opened.inc(endpoint=origin.authority),
+            retired=on_retired,
+        )
         self._closed = False
 
     @classmethod
@@ -358,44 +144,35 @@ class ApnsProvider:
             return CredentialsInvalid(f"the APNs certificate expired {auth.not_after}")
         sent_id = apns_id(target.tenant_id, target.client_id, notification.message_id)
         headers = [
-            (":method", "POST"),
-            (":scheme", "https"),
-            (":path", f"/3/device/{quote(target.token, safe='')}"),
-            (":authority", self.endpoint.authority),
-            ("apns-id", sent_id),
-            ("apns-topic", self.topic),
-            ("apns-push-type", "alert"),
-            ("apns-priority", "10"),
+            *self._method,
+            (b":path", (_PATH + quote(target.token, safe="")).encode()),
+            *self._fixed,
+            (b"apns-id", sent_id.encode()),
         ]
-        if isinstance(self._auth, ProviderToken):
-            headers.append(("authorization", self._auth.header()))
-        connection: _Connection | None = None
+        if isinstance(auth, ProviderToken):
+            headers.append((b"authorization", auth.header().encode()))
         try:
-            async with asyncio.timeout(self.timeout):
-                acquired = await self._connections().acquire()
-                assert isinstance(acquired, _Connection)
-                connection = acquired
-                answer = await connection.post(headers, apns_body(notification))
+            answer = await self._pool.request(headers, apns_body(notification))
         except TimeoutError:
-            if connection is not None:
-                connection.retire()
             return Retry(f"no answer from APNs within {self.timeout:g} s")
-        except _CLOSING_ERRORS as exc:
-            if connection is not None:
-                connection.retire()
+        except Http2Error as exc:
             return Retry(f"APNs connection failed: {type(exc).__name__}: {exc}")
         return self._outcome(answer, sent_id, target)
 
-    def _outcome(self, answer: _Exchange, sent_id: str, target: Target) -> Outcome:
-        returned_id = answer.headers.get(b"apns-id", b"").decode("latin-1")
-        try:
-            reason = msgspec.json.decode(answer.body or b"{}", type=_ErrorBody).reason
-        except msgspec.DecodeError:
-            reason = None
+    def _outcome(self, answer: Response, sent_id: str, target: Target) -> Outcome:
+        if answer.status == 200:  # APNs echoes the apns-id it was sent: no need to decode it
+            return outcome_for(200, None, apns_id=sent_id)
+        returned_id = (answer.headers.get(b"apns-id") or b"").decode("latin-1")
+        reason = None
+        if answer.body:
+            try:
+                reason = msgspec.json.decode(answer.body, type=_ErrorBody).reason
+            except msgspec.DecodeError:
+                reason = None
         if reason == "ExpiredProviderToken" and isinstance(self._auth, ProviderToken):
             self._auth.expired_by_apns()
         after = retry_after(
-            answer.headers.get(b"retry-after", b"").decode("latin-1"), now=datetime.now(UTC)
+            (answer.headers.get(b"retry-after") or b"").decode("latin-1"), now=datetime.now(UTC)
         )
         return outcome_for(
             answer.status,
@@ -407,24 +184,7 @@ class ApnsProvider:
             endpoint=self.endpoint.authority,
         )
 
-    def _connections(self) -> _Pool:
-        if self._pool is None:
-            self._pool = _Pool(
-                self.endpoint,
-                self._context,
-                self.topic,
-                size=self._max_connections,
-                metrics=self._metrics,
-            )
-        return self._pool
-
     async def close(self) -> None:
         """Close every connection; later sends answer Retry."""
         self._closed = True
-        if self._pool is not None:
-            connections, self._pool.connections = self._pool.connections, []
-            for connection in connections:
-                connection.close()
-            lost = [c.lost for c in connections if isinstance(c, _Connection)]
-            if lost:
-                await asyncio.wait(lost, timeout=self.timeout)
+        await self._pool.close()

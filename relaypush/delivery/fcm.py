@@ -1,6 +1,9 @@
 """FCM HTTP v1 delivery: ``POST {fcm_url}/v1/projects/{project}/messages:send`` with OAuth2.
 
-The body is :func:`relaypush.domain.provider_payload.fcm_message`, compact JSON. The bearer token
+The body is :func:`relaypush.domain.provider_payload.fcm_message`, compact JSON. Over HTTP/2 (the
+default) requests go through :class:`~relaypush.delivery.http2.Http2Pool`, relaypush's own lean
+HTTP/2 client (a few connections, many streams on each); with ``http2=False`` through httpx over
+HTTP/1.1 (one connection per request in flight), as for an ``http://`` base URL. The bearer token
 comes from the service account's ``token_uri`` (:mod:`relaypush.delivery.google_oauth`): cached,
 renewed off the event loop before it expires, and renewed once more when FCM answers 401 or
 403, after which the send is tried again; a second refusal means the credentials are wrong.
@@ -39,6 +42,8 @@ from google.oauth2 import service_account
 
 from relaypush.config import ConfigError, Settings
 from relaypush.delivery.google_oauth import ServiceAccountTokens, TokenUnavailable
+from relaypush.delivery.http2 import Http2Error, Origin
+from relaypush.delivery.http2_pool import Http2Pool
 from relaypush.delivery.outcomes import (
     CredentialsInvalid,
     Delivered,
@@ -72,8 +77,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 FCM_SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"
-#: HTTP/2 by default: against the stand-in (64 concurrent sends, 2 cores) it delivered about
-#: twice the sends per second of HTTP/1.1 over 64 connections, at under half the client CPU.
+#: HTTP/2 by default: relaypush's own client costs a fraction of the client CPU per send of
+#: httpx over HTTP/1.1 or HTTP/2 (docs/performance.md, "Provider clients").
 DEFAULT_HTTP2: Final = True
 _GOOGLE_HOSTS: Final = (".googleapis.com", ".google.com")
 _encode: Final = msgspec.json.encode
@@ -250,8 +255,12 @@ class FcmProvider:
 
     ``credentials`` is a google-auth service-account ``Credentials`` with the FCM scope (see
     :meth:`from_service_account`). ``verify`` is a CA file for stand-ins (also used for the
-    token endpoint); ``http2`` negotiates HTTP/2 through ALPN. ``max_connections`` bounds the
-    pool, ``timeout`` bounds each read and write, ``pool_timeout`` the wait for a connection.
+    token endpoint). With ``http2`` (and an https base URL) requests share a few HTTP/2
+    connections (at most ``max_connections``, a new one only when the others carry the
+    server's ``MAX_CONCURRENT_STREAMS``) and ``timeout`` bounds each whole request, connecting
+    included. Without, httpx sends over HTTP/1.1 with up to ``max_connections`` connections;
+    ``timeout`` bounds each read and write, ``connect_timeout`` the connect and
+    ``pool_timeout`` the wait for a connection.
     """
 
     def __init__(
@@ -281,18 +290,38 @@ class FcmProvider:
             clock=clock,
             metrics=metrics,
         )
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            http2=http2,
-            verify=_ssl_context(verify),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=keepalive_expiry,
-            ),
-            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=pool_timeout),
-            headers={"content-type": "application/json; charset=UTF-8"},
-        )
+        self._timeout = timeout
+        self._bearer = ("", b"")
+        self._pool: Http2Pool | None = None
+        self._client: httpx.AsyncClient | None = None
+        base = base_url.rstrip("/")
+        if http2 and base.startswith("https://"):
+            origin = Origin.parse(base)
+            context = ssl.create_default_context(cafile=str(verify) if verify else None)
+            context.set_alpn_protocols(["h2"])
+            self._pool = Http2Pool(
+                origin, context, timeout=timeout, max_connections=max_connections
+            )
+            self._head = (
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":path", (origin.path + self._path).encode()),
+                (b":authority", origin.authority.encode()),
+                (b"content-type", b"application/json; charset=UTF-8"),
+            )
+        else:
+            self._client = httpx.AsyncClient(
+                base_url=base,
+                http2=False,
+                verify=_ssl_context(verify),
+                limits=httpx.Limits(
+                    max_connections=max_connections,
+                    max_keepalive_connections=max_connections,
+                    keepalive_expiry=keepalive_expiry,
+                ),
+                timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=pool_timeout),
+                headers={"content-type": "application/json; charset=UTF-8"},
+            )
 
     @classmethod
     def from_service_account(
@@ -366,6 +395,47 @@ class FcmProvider:
         return outcome
 
     async def _post(self, body: bytes, bearer: str, target: Target) -> Outcome | RefreshToken:
+        if self._pool is not None:
+            answer = await self._post_h2(body, bearer)
+        else:
+            answer = await self._post_h1(body, bearer)
+        if isinstance(answer, Retry):
+            return answer
+        status, headers, content = answer
+        outcome = interpret(status, headers, content, now=datetime.now(UTC))
+        if isinstance(outcome, Retry) and outcome.reason.startswith(UNKNOWN_ANSWER):
+            log.warning(
+                "fcm_unknown_answer",
+                status=status,
+                reason=outcome.reason,
+                token=fingerprint(target.token),
+                tenant_id=target.tenant_id,
+            )
+        return outcome
+
+    async def _post_h2(
+        self, body: bytes, bearer: str
+    ) -> Retry | tuple[int, Mapping[str, str], bytes]:
+        assert self._pool is not None
+        if self._bearer[0] != bearer:
+            self._bearer = (bearer, f"Bearer {bearer}".encode())
+        headers = [*self._head, (b"authorization", self._bearer[1])]
+        try:
+            answer = await self._pool.request(headers, body)
+        except TimeoutError:
+            return Retry(f"timeout: no answer from FCM within {self._timeout:g} s")
+        except Http2Error as exc:
+            return Retry(f"connection: {type(exc).__name__}: {exc}")
+        if answer.status == 200:
+            return 200, {}, answer.body
+        after = answer.headers.get(b"retry-after")
+        headers_read = {"retry-after": after.decode("latin-1")} if after is not None else {}
+        return answer.status, headers_read, answer.body
+
+    async def _post_h1(
+        self, body: bytes, bearer: str
+    ) -> Retry | tuple[int, Mapping[str, str], bytes]:
+        assert self._client is not None
         try:
             response = await self._client.post(
                 self._path, content=body, headers={"authorization": f"Bearer {bearer}"}
@@ -374,20 +444,12 @@ class FcmProvider:
             return Retry(f"timeout: {type(exc).__name__}")
         except httpx.TransportError as exc:
             return Retry(f"connection: {type(exc).__name__}: {exc}")
-        outcome = interpret(
-            response.status_code, response.headers, response.content, now=datetime.now(UTC)
-        )
-        if isinstance(outcome, Retry) and outcome.reason.startswith(UNKNOWN_ANSWER):
-            log.warning(
-                "fcm_unknown_answer",
-                status=response.status_code,
-                reason=outcome.reason,
-                token=fingerprint(target.token),
-                tenant_id=target.tenant_id,
-            )
-        return outcome
+        return response.status_code, response.headers, response.content
 
     async def close(self) -> None:
         """Close the FCM and token endpoint connections."""
-        await self._client.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+        if self._client is not None:
+            await self._client.aclose()
         self._tokens.close()

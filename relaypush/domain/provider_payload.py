@@ -27,6 +27,7 @@ acceptance time instead, so the relay learns of it (400) rather than the message
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Final, NoReturn
 
@@ -55,6 +56,7 @@ WEBPUSH_RECORD_OVERHEAD: Final = 16 + 4 + 1 + 65 + 1 + 16
 ENCRYPTED_ALERT_TITLE: Final = "You have new notifications. Open to view"
 #: Namespace of the uuid5 ``apns-id``s; fixed forever, so retries carry the same id.
 APNS_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://relaypush.invalid/apns-id")
+_NAMESPACE: Final = APNS_ID_NAMESPACE.bytes
 
 _encode: Final = msgspec.json.encode
 _ENCRYPTED_APS: Final[dict[str, object]] = {
@@ -93,7 +95,12 @@ def apns_id(tenant_id: str, client_id: str, message_id: str) -> str:
     The same on every retry, and different for one message id sent to two clients.
     """
     name = "\x00".join((tenant_id, client_id, message_id))
-    return str(uuid.uuid5(APNS_ID_NAMESPACE, name))
+    # uuid.uuid5(APNS_ID_NAMESPACE, name) spelled out: a tenth of an APNs send's CPU otherwise
+    digest = bytearray(hashlib.sha1(_NAMESPACE + name.encode()).digest()[:16])  # noqa: S324
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _blob(n: NotificationAccepted) -> str:

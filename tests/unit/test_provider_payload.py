@@ -11,6 +11,7 @@ import pytest
 from relaypush.domain.errors import ErrorInfo, InvalidRequest
 from relaypush.domain.events import NotificationAccepted, NotifyMessage, ProviderType, RawMessage
 from relaypush.domain.provider_payload import (
+    APNS_ID_NAMESPACE,
     MAX_PROVIDER_PAYLOAD,
     apns_body,
     apns_id,
@@ -115,6 +116,18 @@ def test_apns_id_is_a_stable_uuid5() -> None:
     assert value == "441aa36b-840f-51a3-85ae-1a4d0eb82fcd"
     assert uuid.UUID(value).version == 5
     assert apns_id("t", "c", "m") == value
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ("t", "c", "m"),
+        ("0000-0000-0000-0000", "wallet-1", "abc:1/2="),
+        ("t\u00e9", "\u2603", "x" * 255),
+    ],
+)
+def test_apns_id_is_uuid5_of_the_joined_ids(ids: tuple[str, str, str]) -> None:
+    assert apns_id(*ids) == str(uuid.uuid5(APNS_ID_NAMESPACE, "\x00".join(ids)))
 
 
 @pytest.mark.parametrize(
