@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from relaypush.auth.relay_signature import relay_key_problem
+from relaypush.domain.public_keys import relay_key_problem
 
 __all__ = [
     "DEFAULT_TENANT",

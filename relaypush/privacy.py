@@ -50,7 +50,7 @@ from relaypush.domain.personal import (
     personal_fields,
     sealed_event,
 )
-from relaypush.tenancy.crypto import KEY_BYTES, CredentialKeyError, Keyring, Sealed
+from relaypush.sealing import KEY_BYTES, CredentialKeyError, Keyring, Sealed
 
 __all__ = [
     "KEY_CACHE_SECONDS",

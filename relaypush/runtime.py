@@ -33,6 +33,7 @@ from eventstore.jetstream import JetStreamEventLog
 from projections.dedup import open_dedup_index
 from projections.runner import Projector
 from projections.schema import migrate
+from relaypush.aggregates import TenantStatuses
 from relaypush.audit.archive import Archive, ArchivedLog, Archiver
 from relaypush.audit.chainer import Chainer
 from relaypush.config import Settings
@@ -72,6 +73,8 @@ class Backends:
     nats_url: str
     sealer: Sealer
     """Seals and opens personal fields with the client keys beside the log (relaypush.privacy)."""
+    tenants: TenantStatuses
+    """The process's one cache of tenants' states, shared by every part that reads them."""
 
 
 RUNTIME_FILE = "runtime.json"
@@ -146,6 +149,7 @@ async def open_backends(
                 settings=settings,
                 nats_url=nats_url,
                 sealer=await open_sealer(event_log, settings),
+                tenants=TenantStatuses(event_log),
             )
         finally:
             await event_log.close()
@@ -264,6 +268,7 @@ async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False)
             sealer=backends.sealer,
             dedup_index=index,
             duplicate_window=settings.duplicate_window,
+            tenants=backends.tenants,
         )
         credentials = await resources.enter_async_context(
             open_credential_store(settings, backends.database_url)
@@ -306,7 +311,11 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
     try:
         async with open_credential_store(settings, backends.database_url) as credentials:
             registry = ProviderRegistry.from_settings(
-                settings, backends.event_log, default=providers, credentials=credentials
+                settings,
+                backends.event_log,
+                default=providers,
+                credentials=credentials,
+                tenants=backends.tenants,
             )
             dispatcher = Dispatcher(
                 backends.event_log,
@@ -315,6 +324,7 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
                 concurrency=settings.dispatcher_concurrency,
                 send_timeout=settings.send_timeout,
                 sealer=backends.sealer,
+                tenants=backends.tenants,
             )
             try:
                 await dispatcher.run(stop)

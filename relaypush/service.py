@@ -179,6 +179,7 @@ class RelayService:
         sealer: Sealer | None = None,
         dedup_index: DedupIndex | None = None,
         duplicate_window: float = 300.0,
+        tenants: TenantStatuses | None = None,
     ) -> None:
         """``enabled_providers(tenant_id)``: the client types the default tenant may register
         (its credentials come from the settings); other tenants' follow their credentials.
@@ -187,7 +188,8 @@ class RelayService:
         ``sealer`` seals personal fields (without it they are appended in plain text and
         :meth:`erase` is refused). ``dedup_index`` answers whether a message was accepted
         before (without it, the log is read for every push); ``duplicate_window`` is the log's
-        (seconds), which the index may lag by.
+        (seconds), which the index may lag by. ``tenants`` is the process's tenant cache (one is
+        made, timed by ``monotonic``, when none is given).
         """
         self._log = log
         self._index: DedupIndex = dedup_index or _NoIndex()
@@ -196,7 +198,7 @@ class RelayService:
         self._enabled_providers = enabled_providers
         self._clock = clock
         self._new_id = new_id
-        self._tenants = TenantStatuses(log, monotonic=monotonic)
+        self._tenants = tenants or TenantStatuses(log, monotonic=monotonic)
         self._appended = metrics.counter(
             "relaypush_events_appended_total", "Events appended to the log, by type", ("type",)
         )

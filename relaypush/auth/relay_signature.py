@@ -18,8 +18,8 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from relaypush.auth.public_keys import ed25519_key_problem
 from relaypush.domain.errors import FieldError, Unauthorized
+from relaypush.domain.public_keys import relay_key_problem
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -35,17 +35,6 @@ TIMESTAMP_HEADER: Final = "X-Ed25519-Timestamp"
 
 _SIGNATURE_HEX: Final = re.compile(r"[0-9A-Fa-f]{128}")
 _TIMESTAMP: Final = re.compile(r"[0-9]{1,15}")
-
-
-def relay_key_problem(public_key_hex: str) -> str | None:
-    """None when ``public_key_hex`` is a usable Ed25519 public key in hex, else what is wrong:
-    not hex, not 32 bytes, not a point, or a weak (small-order) point such as all zeros."""
-    try:
-        raw = bytes.fromhex(public_key_hex.strip())
-    except ValueError:
-        return "the relay public key must be hexadecimal"
-    problem = ed25519_key_problem(raw)
-    return None if problem is None else f"the relay public key is unusable: {problem}"
 
 
 def signed_message(timestamp: str, body: bytes) -> bytes:

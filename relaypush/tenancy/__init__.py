@@ -2,12 +2,13 @@
 
 - :mod:`relaypush.tenancy.service`: create, read, delete tenants; set and remove credentials;
 - :mod:`relaypush.tenancy.checks`: uploaded credentials are proven to work before they are kept;
-- :mod:`relaypush.tenancy.crypto`: AES-256-GCM sealing under a rotating key ring;
-- :mod:`relaypush.tenancy.store`: the sealed credentials in PostgreSQL, outside the read tables.
+- :mod:`relaypush.tenancy.store`: the sealed credentials in PostgreSQL, outside the read tables,
+  sealed by :mod:`relaypush.sealing` (a neutral module: the client keys of
+  :mod:`relaypush.privacy` use it too).
 """
 
+from relaypush.sealing import Keyring, generate_key
 from relaypush.tenancy.checks import ApnsForm, CredentialChecker
-from relaypush.tenancy.crypto import Keyring, generate_key
 from relaypush.tenancy.errors import (
     CredentialStorageNotConfigured,
     CredentialStoreUnavailable,

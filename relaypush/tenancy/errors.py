@@ -7,7 +7,7 @@
 
 What a client did wrong is a ``relaypush.domain.errors.InvalidRequest`` (400) and an unknown
 tenant a ``relaypush.domain.tenants.TenantNotFound`` (404); a sealed credential that does not
-open is a ``relaypush.tenancy.crypto.CredentialKeyError``.
+open is a ``relaypush.sealing.CredentialKeyError``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ with them: they live in a schema of their own (``RELAYPUSH_CREDENTIALS_SCHEMA``,
 ``relaypush_credentials``) that ``relaypush projections rebuild`` never touches::
 
     tenant_credentials (tenant_id, kind, fingerprint)   -- primary key
-        key_id, nonce, ciphertext                       -- AES-256-GCM, see relaypush.tenancy.crypto
+        key_id, nonce, ciphertext                       -- AES-256-GCM, see relaypush.sealing
         seq                                             -- rises with every store
         stored_at
 
@@ -43,7 +43,7 @@ from relaypush.domain.credentials import (
     kind_of,
 )
 from relaypush.domain.events import CredentialKind
-from relaypush.tenancy.crypto import CredentialKeyError, Keyring, Sealed
+from relaypush.sealing import CredentialKeyError, Keyring, Sealed
 from relaypush.tenancy.errors import CredentialStoreUnavailable
 
 __all__ = [

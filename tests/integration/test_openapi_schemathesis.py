@@ -63,8 +63,8 @@ from relaypush.http.app import create_app
 from relaypush.metrics import Registry
 from relaypush.privacy import open_sealer
 from relaypush.runtime import enabled_providers
+from relaypush.sealing import generate_key
 from relaypush.service import RelayService
-from relaypush.tenancy.crypto import generate_key
 from relaypush.tenancy.store import open_credential_store
 
 pytestmark = pytest.mark.integration

@@ -59,8 +59,8 @@ from relaypush.domain.events import (
 )
 from relaypush.http.app import create_app
 from relaypush.metrics import Registry
+from relaypush.sealing import Keyring, generate_key
 from relaypush.service import RelayService
-from relaypush.tenancy.crypto import Keyring, generate_key
 from relaypush.tenancy.store import PostgresCredentialStore, open_credential_store, rotate_key
 from relaypush.testing.apns import ApnsStandIn, reason
 from relaypush.testing.fcm import FcmStandIn

@@ -18,7 +18,7 @@ from relaypush.domain.credentials import (
     fingerprint_of,
     kind_of,
 )
-from relaypush.tenancy.crypto import (
+from relaypush.sealing import (
     CredentialKeyError,
     Keyring,
     Sealed,

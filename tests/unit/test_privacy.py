@@ -47,8 +47,8 @@ from relaypush.http.app import create_app
 from relaypush.logs import fingerprint
 from relaypush.metrics import Registry
 from relaypush.privacy import ClientKeys, KeyUnavailable, Sealer, key_name
+from relaypush.sealing import Keyring
 from relaypush.service import Dropped, ErasureNotConfigured, RelayService
-from relaypush.tenancy.crypto import Keyring
 from tests.asgi import asgi_client
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

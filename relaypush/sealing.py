@@ -1,4 +1,8 @@
-"""Sealing credentials at rest: AES-256-GCM under a key ring that can rotate.
+"""Sealing secrets at rest: AES-256-GCM under a key ring that can rotate.
+
+Used for tenants' provider credentials (:mod:`relaypush.tenancy.store`) and for the keys that seal
+clients' personal fields (:mod:`relaypush.privacy`); it imports nothing else of relaypush, so
+either may use it without pulling in the other.
 
 Each ciphertext is stored with the id of the key that sealed it, a fresh 96-bit nonce, and is
 bound (as GCM associated data) to where it belongs: tenant, credential kind and fingerprint, so

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ed25519_key_problem"]
+__all__ = ["ed25519_key_problem", "relay_key_problem"]
 
 _P: Final = 2**255 - 19
 _D: Final = (-121665 * pow(121666, _P - 2, _P)) % _P
@@ -71,3 +71,14 @@ def ed25519_key_problem(raw: bytes) -> str | None:
     if eight_times == _NEUTRAL:
         return "it is a point of small order (such as all zeros or the neutral element): weak"
     return None
+
+
+def relay_key_problem(public_key_hex: str) -> str | None:
+    """None when ``public_key_hex`` is a usable Ed25519 public key in hex, else what is wrong:
+    not hex, not 32 bytes, not a point, or a weak (small-order) point such as all zeros."""
+    try:
+        raw = bytes.fromhex(public_key_hex.strip())
+    except ValueError:
+        return "the relay public key must be hexadecimal"
+    problem = ed25519_key_problem(raw)
+    return None if problem is None else f"the relay public key is unusable: {problem}"
