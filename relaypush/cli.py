@@ -1,9 +1,10 @@
 """The ``relaypush`` command: run the server or its parts, and operate the read tables.
 
-relaypush serve                 API, dispatcher and projector in one process
+relaypush serve                 everything on one machine, one command
 relaypush api | dispatcher | projector
 relaypush projections rebuild   replay the whole log into fresh tables and swap them in
 relaypush projections status    each projection's position and lag
+relaypush tenants unsuspend ID  lift a tenant's suspension
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import functools
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC
 from importlib.metadata import version
@@ -23,8 +25,11 @@ from projections.status import LockHolder, schema_status
 from relaypush import runtime
 from relaypush.audit.cli import add_audit_parser, needs_event_log, run_audit
 from relaypush.config import ConfigError, Settings, load_settings
+from relaypush.domain.tenants import TenantNotFound
 from relaypush.logs import configure_logging
 from relaypush.progress import Progress
+from relaypush.tenancy.checks import CredentialChecker
+from relaypush.tenancy.service import TenantService
 from relaypush.tenancy.store import rotate_key
 
 __all__ = ["main"]
@@ -121,6 +126,24 @@ async def _rotate_key(settings: Settings) -> None:
         raise SystemExit(1)
 
 
+async def _unsuspend(settings: Settings, tenant_id: str) -> None:
+    """Lift a tenant's suspension: its held notifications go out."""
+    async with runtime.open_backends(settings, database=False) as backends:
+        service = TenantService(
+            backends.event_log,
+            tenants=backends.tenants,
+            credentials=None,
+            checker=CredentialChecker(),
+            base_url=settings.base_url,
+        )
+        try:
+            lifted = await service.unsuspend(tenant_id, request_id="cli-" + uuid.uuid4().hex)
+        except TenantNotFound:
+            print(f"relaypush: no tenant {tenant_id!r}", file=sys.stderr)
+            raise SystemExit(1) from None
+    print(f"{tenant_id}: {'un-suspended' if lifted else 'was not suspended'}")
+
+
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
     async def audit() -> int:
         if not needs_event_log(args):  # `audit verify --file`: offline, connects to nothing
@@ -139,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaypush", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relaypush {version('relaypush')}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="API, dispatcher and projector in one process")
+    sub.add_parser("serve", help="everything on one machine: API, dispatcher, projector")
     api = sub.add_parser("api", help="the HTTP API alone")
     api.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("dispatcher", help="the delivery dispatcher alone")
@@ -154,10 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     proj_sub.add_parser(
         "status", help="the log's head, each projection's position and lag, the projector's lock"
     )
-    tenants = sub.add_parser("tenants", help="operate tenants' credentials")
-    tenants.add_subparsers(dest="action", required=True).add_parser(
+    tenants = sub.add_parser("tenants", help="operate tenants and their credentials")
+    tenant_actions = tenants.add_subparsers(dest="action", required=True)
+    tenant_actions.add_parser(
         "rotate-key", help="re-seal every tenant credential under RELAYPUSH_CREDENTIALS_KEY"
     )
+    unsuspend = tenant_actions.add_parser(
+        "unsuspend", help="lift a tenant's suspension (the default tenant is 0000-0000-0000-0000)"
+    )
+    unsuspend.add_argument("tenant_id")
     add_audit_parser(sub)
     return parser
 
@@ -183,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.command == "api":
         commands["api"] = functools.partial(runtime.run_api, worker=args.worker)
+    if args.command == "tenants" and args.action == "unsuspend":
+        commands["unsuspend"] = functools.partial(_unsuspend, tenant_id=args.tenant_id)
     name = args.action if args.command in ("projections", "tenants") else args.command
     try:
         _run(commands[name](settings))

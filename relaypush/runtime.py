@@ -28,7 +28,7 @@ import psycopg
 import structlog
 import uvicorn
 
-from eventstore import EventLog
+from eventstore import EventLog, EventStoreError
 from eventstore.jetstream import JetStreamEventLog
 from projections.dedup import open_dedup_index
 from projections.runner import Projector
@@ -58,6 +58,8 @@ from relaypush.privacy import Sealer, open_sealer
 from relaypush.retention import Keeper
 from relaypush.service import RelayService
 from relaypush.supervisor import Child, Supervisor
+from relaypush.tenancy.checks import CredentialChecker
+from relaypush.tenancy.default import default_fingerprints, unsuspend_default_on_new_settings
 from relaypush.tenancy.store import open_credential_store
 
 __all__ = ["Backends", "open_backends", "run_api", "run_dispatcher", "run_projector", "serve"]
@@ -325,7 +327,9 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
                 send_timeout=settings.send_timeout,
                 sealer=backends.sealer,
                 tenants=backends.tenants,
+                default_fingerprints=default_fingerprints(settings),
             )
+            await _lift_default_suspension(backends)
             try:
                 await dispatcher.run(stop)
             finally:
@@ -333,6 +337,23 @@ async def _dispatcher(backends: Backends, stop: asyncio.Event) -> None:
     finally:
         for provider in providers.values():
             await provider.close()
+
+
+async def _lift_default_suspension(backends: Backends) -> None:
+    """A dispatcher starting with changed default-tenant settings lifts the suspension the old
+    ones caused, once the new ones pass their check (relaypush.tenancy.default)."""
+    settings = backends.settings
+    checker = CredentialChecker(
+        fcm_token_hosts=settings.fcm_token_hosts,
+        fcm_verify=settings.fcm_ca_file,
+        timeout=settings.send_timeout,
+    )
+    try:
+        await unsuspend_default_on_new_settings(
+            backends.event_log, backends.tenants, settings, checker
+        )
+    except EventStoreError as exc:  # the log is away: the next start looks again
+        log.warning("default_tenant_check_skipped", error=str(exc))
 
 
 def with_archive(event_log: EventLog, settings: Settings) -> EventLog:

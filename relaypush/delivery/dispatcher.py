@@ -44,6 +44,7 @@ from eventstore import (
     WrongExpectedVersion,
 )
 from relaypush.aggregates import TenantStatuses, load_client
+from relaypush.config import DEFAULT_TENANT
 from relaypush.delivery.outcomes import Outcome, Provider, Retry, Target
 from relaypush.delivery.registry import ProviderLookup, Unavailable, as_lookup
 from relaypush.domain.delivery import (
@@ -79,6 +80,7 @@ from relaypush.domain.streams import (
     notification_subject,
     subject_for,
 )
+from relaypush.domain.tenants import CREDENTIAL_KIND, TenantState
 from relaypush.logs import fingerprint
 from relaypush.metrics import REGISTRY, Registry
 from relaypush.privacy import Sealer
@@ -151,13 +153,16 @@ class Dispatcher:
         metrics: Registry = REGISTRY,
         sealer: Sealer | None = None,
         tenants: TenantStatuses | None = None,
+        default_fingerprints: Mapping[ProviderType, str] | None = None,
     ) -> None:
         """``retry_base`` and ``retry_cap`` bound the exponential backoff between attempts
         (seconds); a provider's Retry-After, when longer, wins. ``hold_recheck``: the
         longest wait between two looks at a notification held for its suspended tenant (the
         first comes after about a second, each next after twice as long). ``sealer`` opens
         sealed tokens and content (without it, sealed ones count as erased). ``tenants`` is the
-        process's tenant cache (one is made when none is given)."""
+        process's tenant cache (one is made when none is given). ``default_fingerprints`` name
+        the default tenant's credentials per client type (from the settings), recorded with a
+        suspension so that a start with changed settings can lift it."""
         self._log = event_log
         self._sealer = sealer or Sealer(None)
         self._providers = as_lookup(providers)
@@ -171,6 +176,7 @@ class Dispatcher:
         self._retry_cap = retry_cap
         self._hold_recheck = hold_recheck
         self._tenants = tenants or TenantStatuses(event_log)
+        self._default_fingerprints = dict(default_fingerprints or {})
         self._inflight: set[asyncio.Task[None]] = set()
         self._sends = metrics.counter(
             "relaypush_deliveries_total",
@@ -364,8 +370,18 @@ class Dispatcher:
             second_id=_new_id(),
             now=self._clock(),
             cause=cause,
+            credentials_fingerprint=self._fingerprint(t, client.provider, tenant),
         )
         await self._apply(recording, delivery)
+
+    def _fingerprint(
+        self, tenant_id: str, provider: ProviderType, tenant: TenantState
+    ) -> str | None:
+        """The fingerprint of the credentials a send to ``provider`` uses."""
+        if tenant_id == DEFAULT_TENANT:
+            return self._default_fingerprints.get(provider)
+        kind = CREDENTIAL_KIND.get(provider)
+        return tenant.fingerprint(kind) if kind is not None else None
 
     def _recheck(self, delivery: Delivery) -> float:
         """Seconds before a held notification is looked at again: from about a second, doubling

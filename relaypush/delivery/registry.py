@@ -48,6 +48,7 @@ from relaypush.domain.credentials import (
 )
 from relaypush.domain.credentials import VapidKey as VapidCredential
 from relaypush.domain.events import CredentialKind, NotificationAccepted, ProviderType
+from relaypush.domain.tenants import CREDENTIAL_KIND
 from relaypush.metrics import REGISTRY, Registry
 
 __all__ = [
@@ -65,13 +66,6 @@ log = structlog.get_logger(__name__)
 
 #: Seconds a replaced provider is kept open for the sends it may still be serving, per send timeout.
 RETIRE_AFTER_TIMEOUTS: Final = 3.0
-#: Which of a tenant's credentials serves each client type (``noop`` needs none).
-_KINDS: Final[Mapping[ProviderType, CredentialKind]] = {
-    "apns": "apns",
-    "apns-sandbox": "apns",
-    "fcm": "fcm_v1",
-    "webpush": "webpush",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +229,7 @@ class ProviderRegistry:
             return Unavailable("tenant_deleted" if state.deleted else "tenant_unknown")
         if client_type == "noop":
             return self._static(client_type)
-        kind = _KINDS[client_type]
+        kind = CREDENTIAL_KIND[client_type]
         fingerprint = state.fingerprint(kind)
         if fingerprint is None:
             return Unavailable("provider_not_configured")

@@ -377,13 +377,15 @@ def decide_outcome(
     second_id: str,
     now: datetime,
     cause: Cause,
+    credentials_fingerprint: str | None = None,
 ) -> Recording:
     """What to record after attempt ``attempt`` came to ``outcome``.
 
     ``retry_delay`` is the backoff before the next attempt (the provider's Retry-After wins when
     longer); ``client_version`` and ``tenant_version`` are the versions read before sending, so
     that an unregistration or a suspension decided on stale knowledge loses to a newer change.
-    ``new_id`` and ``second_id`` name the events.
+    ``new_id`` and ``second_id`` name the events; ``credentials_fingerprint`` names the
+    credentials the send used (recorded with a suspension).
     """
 
     def failed(reason: str, next_at: datetime | None = None) -> NotificationDeliveryFailed:
@@ -450,6 +452,8 @@ def decide_outcome(
                     tenant_id=accepted.tenant_id,
                     cause=cause,
                     reason=f"{provider}: {reason}",
+                    provider=provider,
+                    fingerprint=credentials_fingerprint,
                 )
                 appends.insert(0, Append(suspended, expected_version=tenant_version, may_lose=True))
             return Recording(tuple(appends), retry_in=hold_recheck)

@@ -225,7 +225,12 @@ class TenantCredentialsRemoved(Event, frozen=True, kw_only=True, tag="tenant.cre
 
 
 class TenantSuspended(Event, frozen=True, kw_only=True, tag="tenant.suspended"):
+    """A provider proved the tenant's credentials wrong. ``provider`` and ``fingerprint`` name
+    the credentials it refused (absent from events of earlier releases)."""
+
     reason: str
+    provider: ProviderType | None = None
+    fingerprint: str | None = None
 
 
 class TenantUnsuspended(Event, frozen=True, kw_only=True, tag="tenant.unsuspended"):

@@ -20,7 +20,7 @@ out, or a domain error.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, assert_never
@@ -44,6 +44,7 @@ from relaypush.domain.events import (
 
 __all__ = [
     "ADMIN",
+    "CREDENTIAL_KIND",
     "CREDENTIAL_KINDS",
     "RESERVED_TENANT_IDS",
     "TENANT_EVENT_TYPES",
@@ -61,6 +62,7 @@ __all__ = [
     "decide_credentials",
     "decide_delete",
     "decide_remove",
+    "decide_unsuspend",
     "enabled_providers",
     "evolve",
     "fold",
@@ -86,6 +88,13 @@ TENANT_EVENT_TYPES: Final = (
     TenantCarriedForward,
 )
 CREDENTIAL_KINDS: Final[tuple[CredentialKind, ...]] = ("apns", "fcm_v1", "webpush")
+#: Which of a tenant's credentials serves each client type (``noop`` needs none).
+CREDENTIAL_KIND: Final[Mapping[ProviderType, CredentialKind]] = {
+    "apns": "apns",
+    "apns-sandbox": "apns",
+    "fcm": "fcm_v1",
+    "webpush": "webpush",
+}
 
 #: Ids that would make a tenant's client routes collide with the server's own top-level routes.
 RESERVED_TENANT_IDS: Final = frozenset({"tenants", "clients", "health", "metrics", "schema"})
@@ -411,6 +420,22 @@ def decide_credentials(
         event_id=event_ids[1], occurred_at=now, tenant_id=tenant_id, cause=cause
     )
     return (changed, lifted)
+
+
+def decide_unsuspend(
+    state: TenantState, tenant_id: str, *, event_id: str, now: datetime, request_id: str | None
+) -> TenantUnsuspended | None:
+    """Lift the tenant's suspension; None when it is not suspended (idempotent).
+
+    Raises :class:`TenantNotFound` when the tenant does not exist.
+    """
+    if not state.exists:
+        raise TenantNotFound(tenant_id)
+    if not state.suspended:
+        return None
+    return TenantUnsuspended(
+        event_id=event_id, occurred_at=now, tenant_id=tenant_id, cause=_cause(request_id)
+    )
 
 
 def decide_remove(

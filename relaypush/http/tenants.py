@@ -7,6 +7,7 @@
     POST   /tenants/{id}/fcm_v1      multipart          200 {"success": true} / 400
     POST   /tenants/{id}/fcm         legacy server key  410
     POST   /tenants/{id}/webpush     multipart          200 {"success": true} / 400
+    POST   /tenants/{id}/unsuspend                      200 {"status":"OK","suspended":false} / 404
     DELETE /tenants/{id}/apns, /fcm_v1, /webpush        204
     GET    /tenants                  admin only         200 {"tenants": [ids]}
 
@@ -99,11 +100,17 @@ class SuccessBody(msgspec.Struct, frozen=True):
     success: bool = True
 
 
+class UnsuspendedBody(msgspec.Struct, frozen=True, kw_only=True):
+    status: str = "OK"
+    suspended: bool = False
+
+
 class TenantListBody(msgspec.Struct, frozen=True):
     tenants: list[str]
 
 
 _SUCCESS: Final = msgspec.json.encode(SuccessBody())
+_UNSUSPENDED: Final = msgspec.json.encode(UnsuspendedBody())
 
 
 def _json(status: int, body: bytes) -> Response[bytes]:
@@ -210,6 +217,15 @@ async def delete_tenant(
     tenant_id = _authorized_id(request, tenants)
     await tenants.service.delete(tenant_id, request_id=request_id_of(request.scope))
     return _json(200, _SUCCESS)
+
+
+async def unsuspend_tenant(
+    request: AnyRequest, tenants: NamedDependency[TenantsContext]
+) -> Response[bytes]:
+    """Lift a suspension (idempotent): the tenant's held notifications go out."""
+    tenant_id = _authorized_id(request, tenants)
+    await tenants.service.unsuspend(tenant_id, request_id=request_id_of(request.scope))
+    return _json(200, _UNSUSPENDED)
 
 
 async def set_apns(
@@ -403,6 +419,23 @@ def tenant_route_handlers(*, rate_limit: Guard) -> Sequence[HTTPRouteHandler]:
             tags=["tenants"],
             responses={200: success, **common, 404: missing},
         )(set_webpush),
+        post(
+            one + "/unsuspend",
+            name="unsuspend_tenant",
+            summary="Lift a suspension",
+            description="Appends `tenant.unsuspended` when the tenant is suspended (nothing "
+            "otherwise): the notifications held meanwhile are delivered, those past their "
+            "deadline expire. The default tenant is `0000-0000-0000-0000`." + auth_note,
+            status_code=200,
+            guards=[rate_limit],
+            operation_class=by_id,
+            tags=["tenants"],
+            responses={
+                200: body(UnsuspendedBody, "Not suspended (any more)"),
+                **common,
+                404: missing,
+            },
+        )(unsuspend_tenant),
         post(
             one + "/fcm",
             name="set_legacy_fcm",

@@ -55,6 +55,7 @@ from relaypush.domain.tenants import (
     decide_credentials,
     decide_delete,
     decide_remove,
+    decide_unsuspend,
     evolve,
 )
 from relaypush.tenancy.checks import ApnsForm, CredentialChecker
@@ -256,6 +257,20 @@ class TenantService:
                     await self._credentials.remove(tenant_id, None, up_to=up_to)
                 return
         raise TenantConflict(f"tenant {tenant_id!r} kept changing while being deleted")
+
+    async def unsuspend(self, tenant_id: str, *, request_id: str) -> bool:
+        """Lift the tenant's suspension (``tenant.unsuspended``): its held notifications go out.
+        Returns whether it was suspended; ``TenantNotFound`` if there is no such tenant."""
+        for _ in range(MAX_ATTEMPTS):
+            state = await self._tenants.fresh(tenant_id)
+            event = decide_unsuspend(
+                state, tenant_id, event_id=self._new_id(), now=self._clock(), request_id=request_id
+            )
+            if event is None:
+                return False
+            if await self._append((event,), state, tenant_id):
+                return True
+        raise TenantConflict(f"tenant {tenant_id!r} kept changing while being un-suspended")
 
     async def set_apns(self, tenant_id: str, form: ApnsForm, *, request_id: str) -> None:
         """Check, store and record APNs credentials (lifting a suspension)."""

@@ -886,6 +886,44 @@ async def test_a_suspended_tenant_is_held_while_others_deliver_and_new_credentia
     )
 
 
+async def test_unsuspending_a_tenant_delivers_what_it_held_once(stack: Stack) -> None:
+    await stack.create("held")
+    assert (await stack.upload_p8("held")).status_code == 200
+    stack.apns.script("c1" * 32, reason(403, "InvalidProviderToken"))  # once, then 200
+    assert (await stack.register("held", "wallet", "apns", "c1" * 32)).status_code == 200
+    assert (await stack.push("held", "wallet", "m1")).status_code == 202
+    await stack.wait_for(lambda ev: bool(of(TenantSuspended, ev)))
+    events = await stack.events()
+    (suspended,) = of(TenantSuspended, events)
+    (uploaded,) = [c for c in of(TenantCredentialsChanged, events) if c.tenant_id == "held"]
+    assert (suspended.provider, suspended.fingerprint) == ("apns", uploaded.fingerprint)
+    for attempt in range(1000):  # the push path trusts what it read of a tenant for a second
+        r = await stack.push("held", "wallet", f"held-{attempt}")
+        if r.json()["status"] == "FAILED":
+            break
+        await asyncio.sleep(0.1)
+    held = f"held-{attempt}"
+    # who may lift it: the tenant's JWT or the admin token; nobody else
+    r = await stack.http.post("/tenants/held/unsuspend")
+    assert r.status_code == 401
+    r = await stack.http.post("/tenants/held/unsuspend", headers=as_tenant("other"))
+    assert r.status_code == 401
+    r = await stack.http.post("/tenants/nowhere/unsuspend", headers=admin())
+    assert r.status_code == 404
+    r = await stack.http.post("/tenants/held/unsuspend", headers=as_tenant("held"))
+    assert (r.status_code, r.json()) == (200, {"status": "OK", "suspended": False})
+    events = await stack.wait_for(
+        lambda ev: {"m1", held} <= {d.message_id for d in of(NotificationDelivered, ev)}
+    )
+    assert [e.tenant_id for e in of(TenantUnsuspended, events)] == ["held"]
+    # idempotent: nothing more is appended
+    r = await stack.http.post("/tenants/held/unsuspend", headers=admin())
+    assert (r.status_code, r.json()) == (200, {"status": "OK", "suspended": False})
+    assert len(of(TenantUnsuspended, await stack.events())) == 1
+    delivered = [d.message_id for d in of(NotificationDelivered, await stack.events())]
+    assert sorted(delivered) == sorted(set(delivered)), "each held notification once"
+
+
 async def test_deleting_a_tenant_stops_its_deliveries_and_is_recorded(stack: Stack) -> None:
     await stack.create("doomed")
     assert (await stack.upload_fcm("doomed", "proj-d")).status_code == 200

@@ -40,6 +40,7 @@ from relaypush.domain.tenants import (
     decide_credentials,
     decide_delete,
     decide_remove,
+    decide_unsuspend,
     enabled_providers,
     fold,
 )
@@ -414,3 +415,19 @@ def test_a_carried_forward_tenant_folds_to_the_same_state() -> None:
     # folding goes on from it as from the original events
     unsuspended = TenantUnsuspended(event_id="u", occurred_at=now, tenant_id=T)
     assert fold([(12, carried), (13, unsuspended)]).suspended is False
+
+
+def test_unsuspending_lifts_a_suspension_once_and_needs_a_tenant() -> None:
+    suspended = fold(
+        [
+            (1, TenantCreated(event_id="a", occurred_at=NOW, tenant_id=T)),
+            (2, TenantSuspended(event_id="b", occurred_at=NOW, tenant_id=T, reason="x")),
+        ]
+    )
+    event = decide_unsuspend(suspended, T, event_id="u", now=NOW, request_id="r")
+    assert isinstance(event, TenantUnsuspended)
+    assert event.cause.request_id == "r"
+    lifted = fold([(3, event)], state=suspended)
+    assert decide_unsuspend(lifted, T, event_id="v", now=NOW, request_id=None) is None
+    with pytest.raises(TenantNotFound):
+        decide_unsuspend(TenantState(), T, event_id="w", now=NOW, request_id=None)
