@@ -10,7 +10,7 @@ time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -22,13 +22,15 @@ from psycopg import sql
 from eventstore import RecordedEvent
 from projections import devices, inbox, messages, tenants
 from projections.batch import Batch, Opener, PositionedEvent, decode_records
-from projections.errors import CheckpointMoved, ProjectionUnavailable
+from projections.errors import CheckpointMoved, PoisonBatch, ProjectionUnavailable
 from projections.schema import CHECKPOINT_NAME
 from relaypush.domain.events import Event
 
 __all__ = [
     "AppliedBatch",
+    "SkippedEvent",
     "apply_events",
+    "apply_or_skip",
     "apply_records",
     "mark_caught_up",
     "read_checkpoint",
@@ -40,6 +42,18 @@ _TRANSIENT = (
     psycopg.errors.UndefinedTable,  # the schema was swapped or dropped mid-batch
     psycopg.errors.InvalidSchemaName,
 )
+_DETERMINISTIC = (
+    psycopg.errors.DataError,  # a value the column cannot hold
+    psycopg.errors.IntegrityError,  # a constraint the row breaks
+    psycopg.errors.ProgramLimitExceeded,  # an index row or a statement too large
+    psycopg.errors.FeatureNotSupported,
+    ValueError,  # the appliers' own refusals, msgspec's validation errors
+    TypeError,
+    KeyError,
+    AttributeError,
+)
+"""What retrying the same batch cannot change: the batch holds an event that cannot be applied.
+Checked before :data:`_TRANSIENT` (``ProgramLimitExceeded`` is an ``OperationalError``)."""
 
 Applier = Callable[[psycopg.AsyncCursor[Any], str, Batch], Awaitable[None]]
 
@@ -156,8 +170,101 @@ async def apply_records(
                     _update_sql(schema), (CHECKPOINT_NAME, decoded.last_position, caught_up_at)
                 )
             return AppliedBatch(len(events), decoded.last_position)
+    except _DETERMINISTIC as exc:
+        raise PoisonBatch(f"{type(exc).__name__}: {exc}") from exc
     except _TRANSIENT as exc:
         raise ProjectionUnavailable(f"applying a batch to {schema!r} failed: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedEvent:
+    """An event a projection could not apply, recorded in ``projection_skips``."""
+
+    position: int
+    type: str
+    error: str
+
+
+@cache
+def _skip_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {} (position, type, error, occurred_at) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (position) DO NOTHING"
+    ).format(sql.Identifier(schema, "projection_skips"))
+
+
+async def apply_or_skip(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    records: Sequence[RecordedEvent],
+    *,
+    expected_checkpoint: int | None = None,
+    opener: Opener | None = None,
+    caught_up_at: datetime | None = None,
+    on_skip: Callable[[SkippedEvent], None] | None = None,
+) -> AppliedBatch:
+    """:func:`apply_records`, and when the batch holds an event that cannot be applied
+    (:class:`PoisonBatch`), the batch again one event at a time: each event that cannot be
+    applied is recorded in ``projection_skips`` (its position, type and error) in the
+    transaction that moves the checkpoint past it, and ``on_skip`` is told. A projection never
+    stops at such an event, and a rebuild meeting it records the same row."""
+    try:
+        return await apply_records(
+            conn,
+            schema,
+            records,
+            expected_checkpoint=expected_checkpoint,
+            opener=opener,
+            caught_up_at=caught_up_at,
+        )
+    except PoisonBatch:
+        pass
+    applied = 0
+    checkpoint = expected_checkpoint
+    for record in sorted(records, key=lambda r: r.position):
+        try:
+            result = await apply_records(
+                conn, schema, [record], expected_checkpoint=checkpoint, opener=opener
+            )
+        except PoisonBatch as poison:
+            skipped = await _skip(conn, schema, record, poison.error, checkpoint)
+            if skipped is not None and on_skip is not None:
+                on_skip(skipped)
+            result = AppliedBatch(0, max(record.position, checkpoint or 0))
+        applied += result.applied
+        checkpoint = result.checkpoint
+    assert checkpoint is not None or not records
+    return AppliedBatch(applied, checkpoint if checkpoint is not None else 0)
+
+
+async def _skip(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    record: RecordedEvent,
+    error: str,
+    expected_checkpoint: int | None,
+) -> SkippedEvent | None:
+    """Record ``record`` as skipped and move the checkpoint to it (None: it was at or below the
+    checkpoint already)."""
+    decoded = decode_records([record])
+    event = decoded.events[0][1] if decoded.events else None
+    tag = event.__struct_config__.tag if event is not None else "unknown"
+    kind = tag if isinstance(tag, str) else "unknown"
+    occurred_at = event.occurred_at if event is not None else None
+    try:
+        async with conn.transaction(), conn.cursor() as cur:
+            current = await _position(cur, schema, lock=True)
+            if expected_checkpoint is not None and current != expected_checkpoint:
+                raise CheckpointMoved(expected_checkpoint, current)
+            if record.position <= current:
+                return None
+            await cur.execute(_skip_sql(schema), (record.position, kind, error[:2000], occurred_at))
+            await cur.execute(_update_sql(schema), (CHECKPOINT_NAME, record.position, None))
+    except _TRANSIENT as exc:
+        raise ProjectionUnavailable(
+            f"recording a skipped event in {schema!r} failed: {exc}"
+        ) from exc
+    return SkippedEvent(record.position, kind, error)
 
 
 async def mark_caught_up(

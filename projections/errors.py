@@ -4,6 +4,7 @@ ProjectionError
 ├── MigrationError          the read tables could not be created or upgraded
 ├── ProjectionUnavailable   PostgreSQL could not be reached or failed mid-batch
 ├── CheckpointMoved         the checkpoint changed under a running projector (rebuild, restore)
+├── PoisonBatch             a batch failed for a reason retrying cannot change
 └── RebuildError            a rebuild or a schema comparison failed
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointMoved",
     "MigrationError",
+    "PoisonBatch",
     "ProjectionError",
     "ProjectionUnavailable",
     "RebuildError",
@@ -38,6 +40,15 @@ class CheckpointMoved(ProjectionError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"checkpoint moved from {expected} to {actual}")
+
+
+class PoisonBatch(ProjectionError):
+    """Applying a batch failed in a way retrying cannot change (bad data, a limit of the
+    database, a bug): one of its events cannot be applied. Nothing of the batch was applied."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+        super().__init__(error)
 
 
 class RebuildError(ProjectionError):

@@ -64,7 +64,7 @@ from psycopg import sql
 
 from eventstore import EventLog, EventStoreError, RecordedEvent
 from projections.batch import Opener
-from projections.checkpoint import apply_records, read_checkpoint
+from projections.checkpoint import apply_or_skip, read_checkpoint
 from projections.compare import compare_schemas
 from projections.errors import ProjectionError, ProjectionUnavailable, RebuildError
 from projections.schema import (
@@ -210,7 +210,7 @@ async def _replay(
         while (item := await queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise RebuildError(f"reading the log failed: {item}") from item
-            result = await apply_records(
+            result = await apply_or_skip(
                 conn, schema, item, expected_checkpoint=checkpoint, opener=opener
             )
             applied += result.applied

@@ -41,7 +41,8 @@ from eventstore import (
 )
 from projections.batch import Opener
 from projections.checkpoint import (
-    apply_records,
+    SkippedEvent,
+    apply_or_skip,
     mark_caught_up,
     read_checkpoint,
     wait_for_position,
@@ -138,12 +139,13 @@ class _Session:
 
     async def _apply_history(self, records: list[RecordedEvent]) -> None:
         p = self.projector
-        result = await apply_records(
+        result = await apply_or_skip(
             self.conn,
             p.schema,
             records,
             expected_checkpoint=self.checkpoint,
             opener=p.opener,
+            on_skip=p.skipped,
         )
         self.checkpoint = result.checkpoint
         self.applied += result.applied
@@ -213,13 +215,14 @@ class _Session:
         caught_up_at = self.fetched_at if newest.pending == 0 and not rest else None
         if fresh:
             try:
-                result = await apply_records(
+                result = await apply_or_skip(
                     self.conn,
                     p.schema,
                     [d.event for d in fresh],
                     expected_checkpoint=self.checkpoint,
                     opener=p.opener,
                     caught_up_at=caught_up_at,
+                    on_skip=p.skipped,
                 )
             except CheckpointMoved as moved:
                 log.warning(
@@ -297,12 +300,15 @@ class Projector:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         dedup_retention: float = 0.0,
         history: EventLog | None = None,
+        on_skip: Callable[[SkippedEvent], None] | None = None,
     ) -> None:
         """``opener`` opens the personal fields events carry sealed (without it, they are
         projected as erased); ``clock`` dates what the projector records of its own progress
         and decides what is past retention; ``dedup_retention``: seconds ``messages`` rows are
         kept (0: forever); ``history`` holds what the log's limits dropped (the archive, read
-        with the log: ``relaypush.audit.archive.ArchivedLog``)."""
+        with the log: ``relaypush.audit.archive.ArchivedLog``); ``on_skip`` hears of every
+        event the tables could not take (recorded in ``projection_skips``, see
+        :func:`projections.checkpoint.apply_or_skip`)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.log = log
@@ -315,6 +321,20 @@ class Projector:
         self.clock = clock
         self.dedup_retention = dedup_retention
         self.history = history
+        self.on_skip = on_skip
+
+    def skipped(self, event: SkippedEvent) -> None:
+        """An event the tables could not take was recorded and passed over."""
+        log.error(
+            "projection_event_skipped",
+            schema=self.schema,
+            position=event.position,
+            type=event.type,
+            error=event.error,
+            hint="the tables go on without it; see `relaypush projections status`",
+        )
+        if self.on_skip is not None:
+            self.on_skip(event)
 
     @asynccontextmanager
     async def _session(self, stop: asyncio.Event | None) -> AsyncIterator[_Session | None]:

@@ -45,6 +45,7 @@ PROJECTION_TABLES: tuple[str, ...] = (
     "messages",
     "inbox",
     "tenants",
+    "projection_skips",
     "projection_checkpoints",
 )
 """Every table whose rows are projected from the log (``schema_migrations`` is not one)."""

@@ -17,7 +17,7 @@ from psycopg import sql
 from projections.errors import ProjectionUnavailable
 from projections.schema import check_schema_name, lock_holder
 
-__all__ = ["CheckpointStatus", "LockHolder", "SchemaStatus", "schema_status"]
+__all__ = ["CheckpointStatus", "LockHolder", "SchemaStatus", "SkipStatus", "schema_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,15 @@ class LockHolder:
 
 
 @dataclass(frozen=True, slots=True)
+class SkipStatus:
+    """Events the read tables could not take (``projection_skips``): how many, and the last."""
+
+    count: int
+    last: tuple[tuple[int, str, str], ...]
+    """(position, type, error) of the most recent ones, newest first."""
+
+
+@dataclass(frozen=True, slots=True)
 class SchemaStatus:
     """What :func:`schema_status` found."""
 
@@ -55,6 +64,8 @@ class SchemaStatus:
     """The session rebuilding the schema, if any."""
     rebuild_position: int | None
     """How far the rebuilt tables got, while a rebuild runs."""
+    skipped: SkipStatus = SkipStatus(0, ())
+    """Events the tables passed over because they could not be applied."""
 
 
 _ACTIVITY = """
@@ -118,6 +129,26 @@ async def schema_status(conninfo: str, schema: str) -> SchemaStatus:
             if rebuild is not None:
                 rows = await _checkpoints(conn, rebuilt)
                 rebuild_position = rows[0].position if rows else 0
+            skipped = await _skipped(conn, schema) if checkpoints else SkipStatus(0, ())
     except psycopg.OperationalError as exc:
         raise ProjectionUnavailable(f"reading the status of {schema!r} failed: {exc}") from exc
-    return SchemaStatus(schema, checked_at, checkpoints, projector, rebuild, rebuild_position)
+    return SchemaStatus(
+        schema, checked_at, checkpoints, projector, rebuild, rebuild_position, skipped
+    )
+
+
+async def _skipped(conn: psycopg.AsyncConnection[Any], schema: str, shown: int = 5) -> SkipStatus:
+    table = sql.Identifier(schema, "projection_skips")
+    try:
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+        row = await cur.fetchone()
+        cur = await conn.execute(
+            sql.SQL("SELECT position, type, error FROM {} ORDER BY position DESC LIMIT %s").format(
+                table
+            ),
+            (shown,),
+        )
+        last = tuple((int(p), str(t), str(e)) for p, t, e in await cur.fetchall())
+    except psycopg.errors.UndefinedTable:
+        return SkipStatus(0, ())
+    return SkipStatus(int(row[0]) if row else 0, last)

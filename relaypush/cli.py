@@ -94,6 +94,13 @@ async def _status(settings: Settings) -> None:
             f"{schema}.{checkpoint.name}: position {checkpoint.position},"
             f" lag {head - checkpoint.position}, updated {updated} ({since})"
         )
+    if status.skipped.count:
+        print(
+            f"{schema}: {status.skipped.count} event(s) could not be applied and were passed"
+            " over (see docs/operations.md, 'An event the read tables cannot take'):"
+        )
+        for position, kind, error in status.skipped.last:
+            print(f"  position {position} ({kind}): {error}")
     if status.projector is None:
         print(f"projector: not running (nobody holds the lock of {schema})")
     else:

@@ -364,6 +364,11 @@ def with_archive(event_log: EventLog, settings: Settings) -> EventLog:
 
 async def _projector(backends: Backends, stop: asyncio.Event) -> None:
     settings = backends.settings
+    skipped = REGISTRY.counter(
+        "relaypush_projection_skipped_events_total",
+        "Events the read tables could not take and passed over (projection_skips)",
+        ("schema",),
+    )
     projector = Projector(
         backends.event_log,
         backends.database_url,
@@ -371,6 +376,7 @@ async def _projector(backends: Backends, stop: asyncio.Event) -> None:
         opener=backends.sealer,
         dedup_retention=settings.dedup_retention,
         history=with_archive(backends.event_log, settings) if settings.log_limited else None,
+        on_skip=lambda _: skipped.inc(schema=settings.database_schema),
     )
     await projector.run(stop)
 

@@ -30,6 +30,7 @@ from projections import (
     wait_for_position,
 )
 from projections.schema import migrations
+from projections.status import schema_status
 from relaypush.domain.events import (
     ClientRegistered,
     ClientUnregistered,
@@ -261,6 +262,7 @@ _ORDER = {
     "messages": "tenant_id, client_id, message_id",
     "inbox": "tenant_id, client_id, message_id",
     "tenants": "tenant_id",
+    "projection_skips": "position",
 }
 
 
@@ -524,3 +526,40 @@ async def test_concurrent_migrations_apply_each_version_once(env: Env) -> None:
             )
         )
         assert await cur.fetchall() == [(m.version, m.name) for m in migrations()]
+
+
+async def test_an_event_the_tables_cannot_take_is_skipped_named_and_rebuilt_alike(
+    env: Env,
+) -> None:
+    """A flags value no bigint holds (the API refuses it; an older writer or a bug might not)
+    fails its batch deterministically: it is narrowed down to its event, recorded with its
+    position, and the projection goes on; a rebuild meets and records it the same way."""
+    c = Clock()
+    before = mixed(c, 30, seed=21)
+    poison = c(
+        NotificationAccepted,
+        tenant_id="acme",
+        client_id="w1",
+        message_id="huge-flags",
+        dedup_key="k",
+        topic="tp",
+        flags=2**70,
+    )
+    after = mixed(c, 30, seed=22)
+    await append_all(env.log, before)
+    poison_position = (await env.log.append(subject_for(poison), encode_event(poison))).position
+    last = await append_all(env.log, after)
+    skipped: list[int] = []
+    projector = Projector(
+        env.log, env.url, schema=env.schema, on_skip=lambda s: skipped.append(s.position)
+    )
+    assert await projector.catch_up() == last - 1  # every event but the poison one
+    assert skipped == [poison_position]
+    assert await table(env, "projection_skips", "position, type") == [
+        (poison_position, "notification.accepted")
+    ]
+    status = await schema_status(env.url, env.schema)
+    assert status.skipped.count == 1
+    assert status.skipped.last[0][:2] == (poison_position, "notification.accepted")
+    assert "flags" in status.skipped.last[0][2] or "out of range" in status.skipped.last[0][2]
+    assert await equals_rebuild(env) == []
