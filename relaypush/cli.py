@@ -26,6 +26,7 @@ from relaypush import runtime
 from relaypush.audit.cli import add_audit_parser, needs_event_log, run_audit
 from relaypush.config import ConfigError, Settings, load_settings
 from relaypush.domain.tenants import TenantNotFound
+from relaypush.localkeys import with_local_keys
 from relaypush.logs import configure_logging
 from relaypush.progress import Progress
 from relaypush.tenancy.checks import CredentialChecker
@@ -205,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relaypush: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    try:
+        settings = with_local_keys(settings, create=args.command == "serve")
+    except (OSError, ConfigError) as exc:
+        print(f"relaypush: cannot use the keys in {settings.data_dir}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "audit":
         return _audit(args, settings)
     commands: dict[str, Callable[[Settings], Coroutine[Any, Any, None]]] = {

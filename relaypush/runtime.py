@@ -245,10 +245,28 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0)
         process_ended(proc.pid)
 
 
+def _warn_if_open(settings: Settings) -> None:
+    """One loud line for each way the API is open to anyone who can reach it."""
+    if not settings.relay_public_key:
+        log.warning(
+            "relay_signatures_not_checked",
+            risk="anyone who can reach the API can push to any registered client",
+            fix="set RELAYPUSH_RELAY_PUBLIC_KEY to the relay's Ed25519 public key (hex)",
+        )
+    if not settings.require_client_auth:
+        log.warning(
+            "client_auth_not_required",
+            risk="anyone who can reach the API can register or unregister any client id",
+            fix="set RELAYPUSH_REQUIRE_CLIENT_AUTH=true (wallet SDKs send a did:key JWT)",
+        )
+
+
 async def _api(backends: Backends, stop: asyncio.Event, *, worker: bool = False) -> None:
     """Serve the HTTP API. With ``api_workers`` > 1 this process also starts the other workers;
     all of them share the port (SO_REUSEPORT) and one memory of relay signatures."""
     settings = backends.settings
+    if not worker:
+        _warn_if_open(settings)
     workers_wanted = settings.api_workers or 1
     shared = worker or workers_wanted > 1
     guard = (
