@@ -25,6 +25,7 @@ from relaypush.http.auth import TenantAuthorizer
 from relaypush.http.cors import TenantCors
 from relaypush.http.demo import demo_route_handlers
 from relaypush.http.errors import EXCEPTION_HANDLERS
+from relaypush.http.fastpush import FastPush
 from relaypush.http.observe import RequestObserver
 from relaypush.http.operations import operations_route_handlers, package_version
 from relaypush.http.ratelimit import RateLimiter
@@ -123,5 +124,8 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    app.asgi_handler = RequestObserver(TenantCors(app.asgi_handler), metrics)
+    app.asgi_handler = RequestObserver(
+        FastPush(TenantCors(app.asgi_handler), relay, max_body_size=settings.max_body_size),
+        metrics,
+    )
     return app

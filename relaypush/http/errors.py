@@ -20,7 +20,8 @@ No framework page and no traceback ever reaches a client.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, cast
 
 import structlog
 from litestar import MediaType, Request, Response
@@ -37,7 +38,7 @@ from relaypush.service import ConcurrentUpdate
 from relaypush.tenancy.errors import CredentialStorageNotConfigured, CredentialStoreUnavailable
 from relaypush.tenancy.service import TenantConflict
 
-__all__ = ["EXCEPTION_HANDLERS", "error_response"]
+__all__ = ["EXCEPTION_HANDLERS", "error_response", "response_for"]
 
 log = structlog.get_logger(__name__)
 
@@ -189,3 +190,27 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     HTTPException: _http_exception,
     Exception: _internal,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _Url:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """What the handlers read of a request: its method and path (for their log lines)."""
+
+    method: str
+    url: _Url
+
+
+def response_for(exc: Exception, *, method: str, path: str) -> Response[bytes]:
+    """The response :data:`EXCEPTION_HANDLERS` give ``exc``, for code that answers outside
+    litestar's routing (the push fast path, :mod:`relaypush.http.fastpush`)."""
+    for kind in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(kind)
+        if handler is not None:
+            # the handlers read nothing of the request but its method and path
+            return handler(cast(AnyRequest, _Where(method, _Url(path))), exc)
+    raise exc

@@ -9,7 +9,7 @@ contract fixes: authentication (401), then shape (400), then state (202 for an u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, assert_never
 
@@ -42,7 +42,7 @@ from relaypush.http.openapi import (
 )
 from relaypush.service import Accepted, Dropped, Duplicate, Held, RelayService
 
-__all__ = ["RelayContext", "relay_route_handlers"]
+__all__ = ["RelayContext", "accept_push", "relay_route_handlers"]
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -167,21 +167,46 @@ async def push_notification(
     request: AnyRequest, relay: NamedDependency[RelayContext]
 ) -> Response[bytes]:
     """Accept a push from the relay for delivery to one client."""
-    body = await request.body()
+    status, body = await accept_push(
+        relay,
+        tenant_id=request.path_params.get("tenant_id"),
+        client_id=request.path_params["id"],
+        body=await request.body(),
+        headers=request.headers,
+        request_id=request_id_of(request.scope),
+    )
+    return _json(status, body)
+
+
+async def accept_push(
+    relay: RelayContext,
+    *,
+    tenant_id: str | None,
+    client_id: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    request_id: str,
+) -> tuple[int, bytes]:
+    """The push route's work, whichever way the request came in (the litestar route, or the
+    fast path of :mod:`relaypush.http.fastpush`): the status and body to answer, or a domain
+    error for the envelope. ``headers`` maps lower-case names to values; the path's ids are
+    checked here."""
     verifier = relay.verifier
     signature: str | None = None
     if verifier is not None:
-        signature = credential_header(request.headers, SIGNATURE_HEADER)
-        timestamp = credential_header(request.headers, TIMESTAMP_HEADER)
+        signature = credential_header(headers, SIGNATURE_HEADER)
+        timestamp = credential_header(headers, TIMESTAMP_HEADER)
         verifier.verify(signature, timestamp, body)
         if relay.replay_guard is not None and signature is not None:
             await _claim_signature(relay.replay_guard, signature)
-    tenant_id = _tenant_of(request)
-    client_id = _client_of(request)
+    tenant = (
+        DEFAULT_TENANT
+        if tenant_id is None
+        else validate_id(tenant_id, field="tenant_id", location="path", kind="tenant")
+    )
+    client = validate_id(client_id, field="id", location="path", kind="client")
     try:
-        outcome = await relay.service.push(
-            tenant_id, client_id, body, request_id=request_id_of(request.scope)
-        )
+        outcome = await relay.service.push(tenant, client, body, request_id=request_id)
     except DomainError:
         raise
     except Exception:
@@ -193,13 +218,13 @@ async def push_notification(
         raise
     match outcome:
         case Accepted():
-            return _json(202)
+            return 202, OK_BODY
         case Duplicate():
-            return _json(200)
+            return 200, OK_BODY
         case Held() | Dropped(reason="tenant_suspended"):
-            return _json(202, _SUSPENDED_BODY)
+            return 202, _SUSPENDED_BODY
         case Dropped():
-            return _json(202)
+            return 202, OK_BODY
         case _:
             assert_never(outcome)
 

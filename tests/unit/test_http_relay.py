@@ -1095,3 +1095,35 @@ async def test_openapi_describes_the_routes(env: Env) -> None:
     assert paths["/{tenant_id}/clients/{id}"]["post"]["requestBody"]["required"] is True
     assert "/health" in paths
     assert (await env.client.get("/schema")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("client", "body", "status"),
+    [
+        (LEGACY, legacy_body("fresh"), 202),
+        (LEGACY, legacy_body("seed-1"), 200),
+        ("z6MkNobody", legacy_body("m"), 202),
+        (LEGACY, {"id": "m", "payload": {"topic": "t", "flags": "1", "blob": "x"}}, 400),
+        (LEGACY, {"id": "m", "payload": "ab:1:" + "A" * (2 * 1024 * 1024)}, 413),
+        ("a" * 300, legacy_body("m"), 400),
+    ],
+    ids=["accepted", "duplicate", "unknown-client", "bad-body", "too-large", "long-id"],
+)
+async def test_the_fast_path_and_the_framework_route_answer_alike(
+    client: str, body: dict[str, Any], status: int
+) -> None:
+    """``/clients/{id}`` is answered by relaypush.http.fastpush, ``/clients/{id}/`` by the
+    litestar route; both run the same checks and give the same answers."""
+    answers = []
+    for path in (f"/clients/{client}", f"/clients/{client}/"):
+        async with running() as env:
+            for registration in (register_body(LEGACY), register_body(RAW, always_raw=True)):
+                assert (await env.client.post("/clients", json=registration)).status_code == 200
+            seeded = await env.client.post(f"/clients/{LEGACY}", json=legacy_body("seed-1"))
+            assert seeded.status_code == 202
+            response = await env.client.post(path, json=body)
+            answers.append((response.status_code, response.json(), await snapshot(env.log)))
+    (fast_status, fast_body, fast_log), (route_status, route_body, route_log) = answers
+    assert fast_status == route_status == status
+    assert fast_body == route_body
+    assert [(p, s) for p, s, _ in fast_log] == [(p, s) for p, s, _ in route_log]
