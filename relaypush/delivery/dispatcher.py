@@ -27,7 +27,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -154,6 +154,7 @@ class Dispatcher:
         sealer: Sealer | None = None,
         tenants: TenantStatuses | None = None,
         default_fingerprints: Mapping[ProviderType, str] | None = None,
+        record_retry: tuple[float, float] = RECORD_RETRY,
     ) -> None:
         """``retry_base`` and ``retry_cap`` bound the exponential backoff between attempts
         (seconds); a provider's Retry-After, when longer, wins. ``hold_recheck``: the
@@ -162,7 +163,8 @@ class Dispatcher:
         sealed tokens and content (without it, sealed ones count as erased). ``tenants`` is the
         process's tenant cache (one is made when none is given). ``default_fingerprints`` name
         the default tenant's credentials per client type (from the settings), recorded with a
-        suspension so that a start with changed settings can lift it."""
+        suspension so that a start with changed settings can lift it. ``record_retry`` bounds
+        the wait between attempts at recording a delivery the provider took (seconds)."""
         self._log = event_log
         self._sealer = sealer or Sealer(None)
         self._providers = as_lookup(providers)
@@ -177,6 +179,7 @@ class Dispatcher:
         self._hold_recheck = hold_recheck
         self._tenants = tenants or TenantStatuses(event_log)
         self._default_fingerprints = dict(default_fingerprints or {})
+        self._record_retry = record_retry
         self._inflight: set[asyncio.Task[None]] = set()
         self._sends = metrics.counter(
             "relaypush_deliveries_total",
@@ -398,7 +401,7 @@ class Dispatcher:
     ) -> tuple[Outcome, float]:
         """One send, bounded by the send timeout, the event kept in progress meanwhile."""
         started = time.monotonic()
-        async with self._kept_alive(delivery):
+        with self._kept_alive(delivery):
             try:
                 outcome = await asyncio.wait_for(
                     provider.send(accepted, target), timeout=self._send_timeout
@@ -513,8 +516,8 @@ class Dispatcher:
         event = append.event
         assert isinstance(event, NotificationDelivered)
         data = encode_event(event)
-        delay = RECORD_RETRY[0]
-        async with self._kept_alive(delivery):
+        delay, longest = self._record_retry
+        with self._kept_alive(delivery):
             while True:
                 try:
                     await self._log.append(
@@ -526,28 +529,39 @@ class Dispatcher:
                         "delivered_not_recorded_yet", message_id=event.message_id, error=str(exc)
                     )
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, RECORD_RETRY[1])
+                    delay = min(delay * 2, longest)
         self._attempts.observe(event.attempt)
         accepted_at = delivery.event.recorded_at
         self._accept_to_delivered.observe((event.occurred_at - accepted_at).total_seconds())
 
-    @contextlib.asynccontextmanager
-    async def _kept_alive(self, delivery: Delivery) -> AsyncIterator[None]:
-        """Tell the log the event is still being worked on, every third of its ack wait."""
+    @contextlib.contextmanager
+    def _kept_alive(self, delivery: Delivery) -> Iterator[None]:
+        """Tell the log the event is still being worked on, every third of its ack wait (a
+        timer, not a task: most sends end long before the first beat)."""
+        loop = asyncio.get_running_loop()
+        interval = self._ack_wait / 3
+        beats: set[asyncio.Task[None]] = set()
+        timer: asyncio.TimerHandle | None = None
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self._ack_wait / 3)
-                with contextlib.suppress(EventLogUnavailable):
-                    await delivery.in_progress()
+        async def tell() -> None:
+            with contextlib.suppress(EventLogUnavailable):
+                await delivery.in_progress()
 
-        task = asyncio.create_task(beat())
+        def beat() -> None:
+            nonlocal timer
+            task = loop.create_task(tell())
+            beats.add(task)
+            task.add_done_callback(beats.discard)
+            timer = loop.call_later(interval, beat)
+
+        timer = loop.call_later(interval, beat)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if timer is not None:
+                timer.cancel()
+            for task in beats:
+                task.cancel()
 
 
 class _Outage:

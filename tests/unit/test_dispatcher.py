@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
 
-from eventstore import EventLog, InMemoryEventLog
+from eventstore import AppendResult, EventLog, EventLogUnavailable, InMemoryEventLog, Subject
 from relaypush.delivery.dispatcher import Dispatcher, backoff
 from relaypush.delivery.outcomes import (
     CredentialsInvalid,
@@ -33,7 +33,7 @@ from relaypush.domain.events import (
 )
 from relaypush.domain.streams import dedup_key, subject_for
 from relaypush.metrics import Registry
-from tests.eventlogs import NoAckLog, NotingLog
+from tests.eventlogs import NoAckLog, NotingLog, WrappedLog
 
 TENANT = "0000-0000-0000-0000"
 
@@ -276,3 +276,66 @@ async def test_a_payload_too_large_for_the_clients_provider_now_is_never_sent(
     assert failed.permanent
     assert failed.reason.startswith("payload_too_large")
     assert provider.sent == []
+
+
+class RecordingStalls(WrappedLog):
+    """Appends of ``notification.delivered`` fail as unreachable until ``healed`` is set."""
+
+    def __init__(self, inner: EventLog, *, report_after: int) -> None:
+        super().__init__(inner)
+        self.healed = asyncio.Event()
+        self.refused = 0
+        self.stalled = asyncio.Event()
+        self._report_after = report_after
+
+    async def append(
+        self,
+        subject: Subject,
+        data: bytes,
+        *,
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AppendResult:
+        if subject[-1] == "delivered" and not self.healed.is_set():
+            self.refused += 1
+            if self.refused >= self._report_after:
+                self.stalled.set()
+            raise EventLogUnavailable("the log is away")
+        return await super().append(
+            subject,
+            data,
+            idempotency_key=idempotency_key,
+            expected_version=expected_version,
+            headers=headers,
+        )
+
+
+async def test_a_delivery_that_cannot_be_recorded_yet_is_retried_never_resent(
+    log: InMemoryEventLog,
+) -> None:
+    """The provider took it; recording it fails for several ack waits. The event stays in
+    progress with the log: no other dispatcher sends it again, and it is recorded once."""
+    stalled = RecordingStalls(log, report_after=14)  # 0.1 s apart: over four ack waits of 0.3 s
+    first, second = ScriptedProvider(), ScriptedProvider()
+    stop = asyncio.Event()
+    slow = Dispatcher(
+        stalled,
+        {"noop": first},
+        deadline=60.0,
+        send_timeout=0.1,
+        record_retry=(0.1, 0.1),
+        metrics=Registry(),
+    )
+    tasks = [
+        asyncio.create_task(slow.run(stop)),
+        asyncio.create_task(dispatcher(log, second, send_timeout=0.1).run(stop)),
+    ]
+    await accept(log, "c1", "m1")
+    await stalled.stalled.wait()
+    stalled.healed.set()
+    await until(log, lambda ev: count(NotificationDelivered, ev) == 1)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert first.sent + second.sent == ["m1"]
+    assert count(NotificationDelivered, await events(log)) == 1
