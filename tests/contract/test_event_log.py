@@ -710,3 +710,26 @@ async def test_memory_duplicate_window_follows_its_clock() -> None:
     assert not second.duplicate
     assert second.position == first.position + 1
     await event_log.close()
+
+
+async def test_jetstream_an_existing_durable_takes_a_changed_ack_wait(
+    nats_url: str, unique_name: str
+) -> None:
+    """A dispatcher started with a longer send timeout asks for a longer ack wait: the durable
+    the earlier one created is updated in place (and keeps its place)."""
+    event_log = await JetStreamEventLog.connect(nats_url, stream=unique_name, prefix=unique_name)
+    try:
+        await event_log.append(("a",), b"")
+        first = await event_log.subscribe("sender", ack_wait=30.0, max_ack_pending=-1)
+        [delivery] = await fetch_n(first, 1)
+        await delivery.ack()
+        await first.close()
+        await event_log.append(("b",), b"")
+        second = await event_log.subscribe("sender", ack_wait=90.0, max_ack_pending=-1)
+        info = await event_log._js.consumer_info(unique_name, "sender")
+        assert info.config.ack_wait == pytest.approx(90.0)
+        assert [d.event.subject for d in await fetch_n(second, 1)] == [("b",)]
+        await second.close()
+    finally:
+        await event_log._js.delete_stream(unique_name)
+        await event_log.close()
